@@ -1,0 +1,166 @@
+//! Command-line definitions (clap derive) and the dispatch from arguments to
+//! the library's jobs. No work is done here beyond turning arguments and the
+//! config into requests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+mod cygwin_cmd;
+
+const AFTER_HELP: &str = "\
+Examples:
+  cygvm doctor
+  cygvm cygwin resolve --setup-ini setup.xz openssh make
+  cygvm cygwin mirror --setup-ini setup.xz --from https://mirror.example/cygwin/ --to mirror openssh
+  cygvm media --config cygvm.toml --out media
+
+Logs: set RUST_LOG=debug (or cygvm=trace) for more detail on stderr.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cygvm",
+    version,
+    about = "A Windows + Cygwin build machine in seconds, from a Linux host",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check that the host has everything cygvm needs.
+    #[command(after_help = "Example:\n  cygvm doctor --config cygvm.toml")]
+    Doctor(DoctorArgs),
+    /// Work with Cygwin package indexes and mirrors.
+    #[command(subcommand)]
+    Cygwin(CygwinCommand),
+    /// Write the install media: floppy.img, cygwin.iso, the answer file and a manifest.
+    #[command(after_help = "Example:\n  cygvm media --config cygvm.toml --out media")]
+    Media(MediaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The image's config file.
+    #[arg(long, short = 'c', default_value = "cygvm.toml", value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> Result<Config> {
+        Config::load(&self.config).with_context(|| {
+            format!(
+                "cannot use config {} (see docs/config.md for every key)",
+                self.config.display()
+            )
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Config whose image directory is checked for free space; optional.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CygwinCommand {
+    /// Print the closure of packages a Cygwin install needs, sorted.
+    #[command(
+        after_help = "Example:\n  cygvm cygwin resolve --setup-ini setup.xz openssh make\n  cygvm cygwin resolve --setup-ini setup.ini --json gcc-core"
+    )]
+    Resolve(ResolveArgs),
+    /// Fetch and verify a closure's archives and lay out a local mirror for `setup.exe -L -l DIR`.
+    #[command(
+        after_help = "Example:\n  cygvm cygwin mirror --setup-ini setup.xz --from https://mirror.example/cygwin/ --to mirror openssh"
+    )]
+    Mirror(MirrorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// setup.ini, setup.xz or setup.zst as a mirror publishes it.
+    #[arg(long, value_name = "FILE")]
+    pub setup_ini: PathBuf,
+    /// Print version, size, path and hash of each package as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Packages to install (the Base category is always added).
+    #[arg(required = true, value_name = "PKG")]
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// setup.ini, setup.xz or setup.zst as a mirror publishes it.
+    #[arg(long, value_name = "FILE")]
+    pub setup_ini: PathBuf,
+    /// Mirror URL (http/https) or local directory the archives are taken from.
+    #[arg(long, value_name = "URL_OR_DIR")]
+    pub from: String,
+    /// Directory to lay the local mirror out in.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Cache of verified archives (default: ~/.cache/cygvm/cygwin).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Packages to install (the Base category is always added).
+    #[arg(required = true, value_name = "PKG")]
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MediaArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Directory to write the media to (default: the image's media/ directory).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the media manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Logs go to stderr; RUST_LOG selects the level (default: info).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+pub fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Doctor(args) => crate::doctor::run(args.config.as_deref()),
+        Command::Cygwin(CygwinCommand::Resolve(args)) => cygwin_cmd::resolve(&args),
+        Command::Cygwin(CygwinCommand::Mirror(args)) => cygwin_cmd::mirror(&args),
+        Command::Media(args) => {
+            let config = args.config.load()?;
+            crate::media::run(&config, args.out.as_deref(), args.json)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,1 @@
+//! Cygwin package indexes (setup.ini), dependency closures and local mirrors.

@@ -1,0 +1,12 @@
+//! cygvm: a Windows + Cygwin build machine in seconds, from a Linux host.
+//!
+//! The library holds every piece; `main.rs` only parses arguments and prints
+//! errors. See `docs/` and the design notes for the shape of the whole.
+
+pub mod cli;
+pub mod config;
+pub mod cygwin;
+pub mod doctor;
+pub mod fsutil;
+pub mod media;
+pub mod secrets;
