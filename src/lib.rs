@@ -10,3 +10,4 @@ pub mod doctor;
 pub mod fsutil;
 pub mod media;
 pub mod secrets;
+pub mod vm;

@@ -1,0 +1,5 @@
+//! Virtual machines: accelerator choice and (with later phases) the QEMU
+//! argv builder, QMP client, VDE switch and supervisor.
+
+pub mod accel;
+pub mod host_tools;
