@@ -3,6 +3,7 @@
 //! The library holds every piece; `main.rs` only parses arguments and prints
 //! errors. See `docs/` and the design notes for the shape of the whole.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod cygwin;

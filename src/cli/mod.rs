@@ -44,6 +44,19 @@ pub enum Command {
     /// Write the install media: floppy.img, cygwin.iso, the answer file and a manifest.
     #[command(after_help = "Example:\n  cygvm media --config cygvm.toml --out media")]
     Media(MediaArgs),
+    /// The controller VM's agent (runs inside the controller, not on the host).
+    #[command(hide = true)]
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The virtio-serial port to the host.
+    #[arg(long, default_value = "/dev/virtio-ports/cygvm.agent")]
+    pub port: PathBuf,
+    /// JSON file with the guest address, user, client key and pinned host key.
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +160,10 @@ pub fn run() -> Result<ExitCode> {
         Command::Doctor(args) => crate::doctor::run(args.config.as_deref()),
         Command::Cygwin(CygwinCommand::Resolve(args)) => cygwin_cmd::resolve(&args),
         Command::Cygwin(CygwinCommand::Mirror(args)) => cygwin_cmd::mirror(&args),
+        Command::Agent(args) => {
+            crate::agent::server::run(&args.port, &args.config)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Media(args) => {
             let config = args.config.load()?;
             crate::media::run(&config, args.out.as_deref(), args.json)
