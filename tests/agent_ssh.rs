@@ -243,3 +243,42 @@ fn agent_protocol_over_a_pipe() {
     assert!(for_id(5).any(|r| r.body == ReplyBody::Done));
     let _ = std::io::stdout().flush();
 }
+
+#[tokio::test]
+async fn host_client_and_agent_over_a_unix_socket() {
+    require_root!();
+    use cygvm::agent::client::AgentClient;
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = ImageSecrets::load_or_create(&tmp.path().join("s"), None).unwrap();
+    let server = dropbear(&secrets);
+    let cfg = config(&secrets, server.port);
+    let sock = tmp.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let agent = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let writer = stream.try_clone().unwrap();
+        cygvm::agent::server::serve(stream, writer, cfg)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut client = AgentClient::connect(&sock, deadline).await.unwrap();
+    assert!(client.agent.starts_with("cygvm-agent "), "{}", client.agent);
+    client
+        .wait_ssh(Duration::from_secs(20), |_, _| {})
+        .await
+        .unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = client
+        .exec("echo hello; echo oops >&2; exit 5", &mut out, &mut err)
+        .await
+        .unwrap();
+    assert_eq!(exit.exit_code(), 5);
+    assert_eq!(out, b"hello\n");
+    assert_eq!(err, b"oops\n");
+    let failed = client
+        .exec_checked("echo bad >&2; false")
+        .await
+        .unwrap_err();
+    assert!(failed.to_string().contains("ended with 1: bad"), "{failed}");
+    client.shutdown().await.unwrap();
+    agent.join().unwrap().unwrap();
+}
