@@ -1,5 +1,10 @@
 //! Install media: the answer file on a floppy, and the Cygwin ISO.
 
+pub mod bootstrap;
+pub mod password;
+pub mod unattend;
+pub mod winnt_sif;
+
 use std::path::Path;
 use std::process::ExitCode;
 
