@@ -11,4 +11,9 @@ pub mod mirror;
 pub mod setup_ini;
 
 pub use closure::{Closure, ClosureError, WindowsRequirement, resolve};
+pub use mirror::{
+    LocalMirror, MirrorError, MirrorFile, MirrorSource, SetupExe, build_local_mirror,
+    default_cache_dir, fetch_setup_exe, locate_setup_exe, mirror_arch, reduced_setup_ini,
+    setup_exe_name,
+};
 pub use setup_ini::{Archive, Dependency, HashAlgo, Package, ParseError, SetupIni};
