@@ -213,23 +213,34 @@ impl Resolver<'_> {
     }
 }
 
-/// Up to three package names close to `name`.
+/// Up to three package names close to `name`: a typo or two away, or
+/// sharing most of their spelling.
 fn suggestions(index: &SetupIni, name: &str) -> Vec<String> {
     let lower = name.to_lowercase();
-    let mut scored: Vec<(f64, &str)> = index
+    let max_edits = (lower.chars().count() / 4).max(1);
+    let mut scored: Vec<(usize, f64, &str)> = index
         .packages
         .iter()
-        .map(|p| {
-            let score = strsim::jaro_winkler(&lower, &p.name.to_lowercase());
-            (score, p.name.as_str())
+        .filter_map(|p| {
+            let candidate = p.name.to_lowercase();
+            let edits = strsim::levenshtein(&lower, &candidate);
+            let similarity = strsim::jaro_winkler(&lower, &candidate);
+            (edits <= max_edits || similarity >= 0.85).then_some((
+                edits,
+                similarity,
+                p.name.as_str(),
+            ))
         })
-        .filter(|(score, _)| *score >= 0.85)
         .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    scored.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| b.1.total_cmp(&a.1))
+            .then_with(|| a.2.cmp(b.2))
+    });
     scored
         .into_iter()
         .take(3)
-        .map(|(_, n)| n.to_string())
+        .map(|(_, _, n)| n.to_string())
         .collect()
 }
 
