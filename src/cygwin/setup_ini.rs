@@ -329,10 +329,9 @@ impl<'a> Parser<'a> {
 
     fn run(self) -> Result<Parsed, ParseError> {
         let text = self.text;
-        let total_lines = text.lines().count();
         if !text.is_empty() && !text.ends_with('\n') {
             return Err(self.err(
-                total_lines,
+                text.lines().count(),
                 "file ends in the middle of a line: the index is truncated (download it again)",
             ));
         }
