@@ -110,3 +110,30 @@ fn excerpt_2025_closure_is_exactly_the_excerpt() {
         .expect("2025 packages need _windows");
     assert_eq!(w.version, "6.3");
 }
+
+#[test]
+fn zstd_and_truncated_xz_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "release: cygwin\narch: x86_64\n\n@ a\nsdesc: \"A\"\nversion: 1\n";
+    let zst = dir.path().join("setup.zst");
+    std::fs::write(&zst, zstd::encode_all(text.as_bytes(), 3).unwrap()).unwrap();
+    let ini = SetupIni::read(&zst).unwrap();
+    assert_eq!(ini.package("a").unwrap().sdesc.as_deref(), Some("A"));
+
+    // A real setup.xz cut short is a decompression error naming the file.
+    let Some(path) = fixture("setup-x86_64-20160908.xz") else {
+        return;
+    };
+    let raw = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("setup.xz");
+    std::fs::write(&cut, &raw[..raw.len() / 2]).unwrap();
+    let err = SetupIni::read(&cut).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!(
+            "cannot decompress package index {}",
+            cut.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("truncated or corrupt"), "{err}");
+}
