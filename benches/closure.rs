@@ -1,0 +1,114 @@
+//! Parse and closure time on the full 2016 index (8,688 packages).
+//!
+//! Run: `cargo bench --bench closure`. Prints markdown table rows; the
+//! baseline is the xz decompression and a bare line count of the same text
+//! in the same run.
+
+use std::hint::black_box;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cygvm::cygwin::{SetupIni, resolve};
+
+fn fixture() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    ["../shared", "../../shared"]
+        .iter()
+        .map(|s| {
+            root.join(s)
+                .join("fixtures/cygwin/setup-x86_64-20160908.xz")
+        })
+        .find(|p| p.exists())
+}
+
+/// Median of `runs` timings.
+fn median(runs: usize, mut f: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn main() {
+    let Some(path) = fixture() else {
+        eprintln!(
+            "skipping: shared/fixtures/cygwin/setup-x86_64-20160908.xz not found beside the clone"
+        );
+        return;
+    };
+    let raw = std::fs::read(&path).expect("read fixture");
+    let mut text = String::new();
+    liblzma::read::XzDecoder::new(&raw[..])
+        .read_to_string(&mut text)
+        .expect("decompress fixture");
+    let runs = 15;
+
+    let xz = median(runs, || {
+        let mut out = Vec::with_capacity(text.len());
+        liblzma::read::XzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        black_box(out);
+    });
+    let lines = median(runs, || {
+        black_box(text.bytes().filter(|&b| b == b'\n').count());
+    });
+    let parse = median(runs, || {
+        black_box(SetupIni::parse("bench", text.clone()).unwrap());
+    });
+    let parse_closure = median(runs, || {
+        let ini = SetupIni::parse("bench", text.clone()).unwrap();
+        black_box(resolve(&ini, &["openssh", "gcc-core", "make"]).unwrap());
+    });
+    let read_closure = median(runs, || {
+        let ini = SetupIni::read(&path).unwrap();
+        black_box(resolve(&ini, &["openssh", "gcc-core", "make"]).unwrap());
+    });
+    let ini = SetupIni::parse("bench", text.clone()).unwrap();
+    let closure = resolve(&ini, &["openssh", "gcc-core", "make"]).unwrap();
+
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+    let ratio = |d: Duration| format!("{:.1}x", d.as_secs_f64() / xz.as_secs_f64());
+    println!(
+        "index: {} packages, {:.1} MiB text, closure of openssh+gcc-core+make: {} packages; median of {runs} runs",
+        ini.packages.len(),
+        text.len() as f64 / 1048576.0,
+        closure.len()
+    );
+    println!("| step | ms | vs xz decompression |");
+    println!("|---|---:|---:|");
+    println!(
+        "| baseline: count lines of the text | {} | {} |",
+        ms(lines),
+        ratio(lines)
+    );
+    println!(
+        "| baseline: xz decompression (setup.xz) | {} | 1.0x |",
+        ms(xz)
+    );
+    println!(
+        "| parse setup.ini text | {} | {} |",
+        ms(parse),
+        ratio(parse)
+    );
+    println!(
+        "| parse + closure | {} | {} |",
+        ms(parse_closure),
+        ratio(parse_closure)
+    );
+    println!(
+        "| read setup.xz + parse + closure | {} | {} |",
+        ms(read_closure),
+        ratio(read_closure)
+    );
+    assert!(
+        parse_closure < Duration::from_millis(150),
+        "parse + closure took {parse_closure:?}, over the 150 ms budget"
+    );
+}
