@@ -675,6 +675,30 @@ pub fn locate_setup_exe(source: &MirrorSource, arch: &str) -> Result<SetupExe, M
     }
 }
 
+/// GETs `url` into `out`; `what` names the file in errors.
+fn http_copy(url: &str, what: &str, out: &mut File, dest: &Path) -> Result<u64, MirrorError> {
+    let response = http_agent()
+        .get(url)
+        .call()
+        .map_err(|source| MirrorError::Http {
+            package: what.to_string(),
+            url: url.to_string(),
+            source: Box::new(source),
+        })?;
+    let mut body = response.into_body().into_reader();
+    io::copy(&mut body, out).map_err(io_err("download into", dest))
+}
+
+/// Downloads `url` whole to `dest`, atomically; returns its size.
+pub fn download_to(url: &str, dest: &Path) -> Result<u64, MirrorError> {
+    let what = url.rsplit('/').next().unwrap_or(url).to_string();
+    let mut out = AtomicFile::create(dest).map_err(io_err("create", dest))?;
+    out.set_mode(0o644).map_err(io_err("set mode of", dest))?;
+    let size = http_copy(url, &what, out.file(), dest)?;
+    out.commit().map_err(io_err("write", dest))?;
+    Ok(size)
+}
+
 /// Copies or downloads `setup-<arch>.exe` from the mirror top to `dest`
 /// (atomically) and returns its size. The file must be a Windows executable.
 pub fn fetch_setup_exe(source: &MirrorSource, arch: &str, dest: &Path) -> Result<u64, MirrorError> {
@@ -687,18 +711,7 @@ pub fn fetch_setup_exe(source: &MirrorSource, arch: &str, dest: &Path) -> Result
             let mut input = File::open(&path).map_err(io_err("open", &path))?;
             io::copy(&mut input, out.file()).map_err(io_err("copy into", dest))?
         }
-        SetupExe::Remote(url) => {
-            let response = http_agent()
-                .get(&url)
-                .call()
-                .map_err(|source| MirrorError::Http {
-                    package: name.clone(),
-                    url: url.clone(),
-                    source: Box::new(source),
-                })?;
-            let mut body = response.into_body().into_reader();
-            io::copy(&mut body, out.file()).map_err(io_err("download into", dest))?
-        }
+        SetupExe::Remote(url) => http_copy(&url, &name, out.file(), dest)?,
     };
     let mut magic = [0u8; 2];
     let file = out.file();
