@@ -1,5 +1,8 @@
 //! Install media: the answer file on a floppy, and the Cygwin ISO.
 
+pub mod floppy;
+pub mod iso;
+
 use std::path::Path;
 use std::process::ExitCode;
 
