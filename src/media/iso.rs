@@ -1,1 +1,0 @@
-//! ISO 9660 writer (in progress).
