@@ -1,0 +1,307 @@
+//! `cygvm media` end to end through the binary, read back with independent
+//! tools: mtools for the floppy, xorriso and isoinfo (Joliet, as Windows
+//! reads it) for the ISO.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+fn example_mirror() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standin/mirror")
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(extra: &str) -> Self {
+        Self::with_mirror(&example_mirror(), extra)
+    }
+
+    fn with_mirror(mirror: &Path, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[image]\nname = \"t\"\ndir = \"images\"\n\n[cygwin]\nmirror = \"{}\"\n\
+             packages = [\"openssh\", \"cygvm-example-package-with-a-long-name-debuginfo\"]\n{extra}",
+            mirror.display()
+        );
+        std::fs::write(dir.path().join("cygvm.toml"), config).unwrap();
+        Self { dir }
+    }
+
+    fn media(&self) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cygvm"))
+            .args(["media", "--config"])
+            .arg(self.dir.path().join("cygvm.toml"))
+            .output()
+            .unwrap()
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("images/t/media")
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn tool(cmd: &mut Command, package: &str) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (install package {package}): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn media_are_read_back_by_independent_tools() {
+    let s = Setup::new("");
+    let out = s.media();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let media = s.out();
+
+    // The floppy holds the answer file, byte for byte.
+    let answer = std::fs::read(media.join("autounattend.xml")).unwrap();
+    let on_floppy = tool(
+        Command::new("mtype")
+            .arg("-i")
+            .arg(media.join("floppy.img"))
+            .arg("::autounattend.xml"),
+        "mtools",
+    );
+    assert_eq!(on_floppy, answer);
+    tool(
+        Command::new("fsck.fat")
+            .arg("-n")
+            .arg(media.join("floppy.img")),
+        "dosfstools",
+    );
+
+    // Joliet names, as Windows reads them, include the 73-character archive.
+    let listing = String::from_utf8(tool(
+        Command::new("isoinfo")
+            .args(["-J", "-f", "-i"])
+            .arg(media.join("cygwin.iso")),
+        "genisoimage",
+    ))
+    .unwrap();
+    let long = "/mirror/x86_64/release/cygvm-example-package-with-a-long-name-debuginfo/\
+                cygvm-example-package-with-a-long-name-debuginfo-0.4.20180214git-1.tar.xz";
+    assert!(listing.lines().any(|l| l == long), "{listing}");
+    for name in [
+        "/CYGVM.TAG",
+        "/setup-x86_64.exe",
+        "/mirror/x86_64/setup.ini",
+        "/cygvm/firstlogon.cmd",
+        "/cygvm/bootstrap.sh",
+        "/cygvm/authorized_keys",
+        "/cygvm/ssh_host_ed25519_key",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == name),
+            "{name} missing:\n{listing}"
+        );
+    }
+
+    // Extract through Joliet only and compare every archive with the mirror.
+    let x = tempfile::tempdir().unwrap();
+    tool(
+        Command::new("xorriso")
+            .args(["-osirrox", "on", "-rockridge", "off", "-indev"])
+            .arg(media.join("cygwin.iso"))
+            .args(["-extract", "/"])
+            .arg(x.path().join("iso")),
+        "xorriso",
+    );
+    let iso = x.path().join("iso");
+    let mut archives = 0;
+    for entry in walk(&example_mirror().join("x86_64/release")) {
+        let rel = entry.strip_prefix(example_mirror()).unwrap();
+        let copy = iso.join("mirror").join(rel);
+        if copy.exists() {
+            archives += 1;
+            assert_eq!(
+                sha256(&std::fs::read(&entry).unwrap()),
+                sha256(&std::fs::read(&copy).unwrap()),
+                "{}",
+                rel.display()
+            );
+        }
+    }
+    // base-files, cygwin, bash (Base), openssh, libssl3 and the long one.
+    assert_eq!(archives, 6);
+    assert!(
+        !iso.join("mirror/x86_64/release/make").exists(),
+        "make was not requested"
+    );
+    let ini = std::fs::read_to_string(iso.join("mirror/x86_64/setup.ini")).unwrap();
+    assert!(
+        ini.contains("@ openssh") && !ini.contains("@ make"),
+        "{ini}"
+    );
+
+    // The marker names the media; the keys are the image's.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(media.join("media.json")).unwrap()).unwrap();
+    let id = manifest["media_id"].as_str().unwrap();
+    let marker = std::fs::read_to_string(iso.join("CYGVM.TAG")).unwrap();
+    assert_eq!(marker.trim(), id);
+    let secrets = s.dir.path().join("images/t/secrets");
+    let client = std::fs::read_to_string(secrets.join("client_ed25519")).unwrap();
+    let key = ssh_key::PrivateKey::from_openssh(&client).unwrap();
+    let authorized = std::fs::read_to_string(iso.join("cygvm/authorized_keys")).unwrap();
+    assert!(authorized.starts_with(&key.public_key().to_openssh().unwrap()));
+    for f in manifest["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        let bytes = std::fs::read(media.join(name)).unwrap();
+        assert_eq!(f["sha256"].as_str().unwrap(), sha256(&bytes), "{name}");
+    }
+
+    // Media holding secrets are private.
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["floppy.img", "cygwin.iso", "autounattend.xml"] {
+        let mode = std::fs::metadata(media.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{name} is readable by others");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_same_config_gives_identical_media() {
+    let s = Setup::new("");
+    assert!(s.media().status.success());
+    let first: Vec<Vec<u8>> = ["floppy.img", "cygwin.iso"]
+        .iter()
+        .map(|n| std::fs::read(s.out().join(n)).unwrap())
+        .collect();
+    assert!(s.media().status.success());
+    for (n, before) in ["floppy.img", "cygwin.iso"].iter().zip(first) {
+        assert_eq!(
+            std::fs::read(s.out().join(n)).unwrap(),
+            before,
+            "{n} differs"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_archive_fails_and_keeps_the_previous_media() {
+    let mirror = tempfile::tempdir().unwrap();
+    tool(
+        Command::new("cp")
+            .arg("-r")
+            .arg(example_mirror())
+            .arg(mirror.path().join("m")),
+        "coreutils",
+    );
+    let m = mirror.path().join("m");
+    let s = Setup::with_mirror(&m, "");
+    assert!(s.media().status.success());
+    let iso_before = std::fs::read(s.out().join("cygwin.iso")).unwrap();
+
+    // Same size, one byte changed: only the hash can tell.
+    let victim = m.join("x86_64/release/openssh/openssh-1.0-1.tar.xz");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    // A new cache, so the verified copy from the first run is not reused.
+    std::fs::remove_dir_all(s.dir.path().join("images/.cache")).unwrap();
+
+    let out = s.media();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("package openssh"), "{err}");
+    assert!(err.contains("but the index expects"), "{err}");
+    assert_eq!(
+        std::fs::read(s.out().join("cygwin.iso")).unwrap(),
+        iso_before
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(s.out())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+}
+
+#[test]
+fn an_unknown_package_is_named_with_a_suggestion() {
+    let s = Setup::new("");
+    let cfg = s.dir.path().join("cygvm.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"openssh\"", "\"opensh\"");
+    std::fs::write(&cfg, text).unwrap();
+    let out = s.media();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("opensh"), "{err}");
+    assert!(err.contains("openssh"), "no suggestion: {err}");
+    assert!(!s.out().join("media.json").exists());
+}
+
+#[test]
+fn an_old_windows_with_a_new_index_is_refused() {
+    let s = Setup::new("[guest]\nversion = \"7\"\n");
+    let out = s.media();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("need Windows NT 6.3"), "{err}");
+    assert!(err.contains("guest.version = \"7\""), "{err}");
+}
+
+#[test]
+fn windows_without_setup_exe_names_the_key() {
+    let mirror = tempfile::tempdir().unwrap();
+    tool(
+        Command::new("cp")
+            .arg("-r")
+            .arg(example_mirror())
+            .arg(mirror.path().join("m")),
+        "coreutils",
+    );
+    let m = mirror.path().join("m");
+    std::fs::remove_file(m.join("setup-x86_64.exe")).unwrap();
+    let s = Setup::with_mirror(&m, "");
+    let out = s.media();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("cygwin.setup_exe"), "{err}");
+    assert!(err.contains("setup-x86_64.exe"), "{err}");
+}
+
+#[test]
+fn a_missing_mirror_is_named() {
+    let s = Setup::with_mirror(Path::new("/nonexistent/mirror"), "");
+    let out = s.media();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("/nonexistent/mirror"), "{err}");
+    assert!(err.contains("x86_64/setup.ini"), "{err}");
+}
