@@ -3,3 +3,4 @@
 
 pub mod accel;
 pub mod host_tools;
+pub mod qemu;
