@@ -4,3 +4,5 @@
 pub mod accel;
 pub mod host_tools;
 pub mod qemu;
+pub mod qmp;
+pub mod wait;
