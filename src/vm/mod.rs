@@ -5,4 +5,7 @@ pub mod accel;
 pub mod host_tools;
 pub mod qemu;
 pub mod qmp;
+pub mod rundir;
+pub mod supervisor;
+pub mod vde;
 pub mod wait;
