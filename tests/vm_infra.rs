@@ -337,3 +337,63 @@ fn sigkilled_cygvm_leaves_no_process_and_next_start_cleans_up() {
     assert!(!run_dir.exists(), "stale run dir still there");
     drop(next);
 }
+
+#[tokio::test]
+#[ignore = "needs qemu-system-x86_64 and vde_switch; run by .ci/run (cargo test -- --ignored)"]
+async fn windows_like_device_set_is_accepted_by_qemu() {
+    use cygvm::vm::qemu::{Disk, DiskBus, DiskFormat};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sup = Supervisor::start("devices", options(&tmp.path().join("run"))).unwrap();
+    let switch = VdeSwitch::start(&mut sup, secs(10)).await.unwrap();
+    let media = tmp.path();
+    let disk = media.join("disk,with comma.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (name, size) in [
+        ("floppy.img", 1_474_560),
+        ("a.iso", 2048 * 16),
+        ("b.iso", 2048 * 16),
+    ] {
+        std::fs::write(media.join(name), vec![0u8; size]).unwrap();
+    }
+    for machine in [Machine::Q35, Machine::Pc] {
+        let name = format!("guest-{}", machine.qemu_name());
+        let rd = sup.run_dir();
+        let mut spec = VmSpec::new(&name, machine, Accel::Tcg, &rd.join(&format!("{name}.qmp")));
+        spec.memory_mib = 128;
+        spec.disks.push(Disk {
+            path: disk.clone(),
+            format: DiskFormat::Qcow2,
+            bus: DiskBus::Ide,
+            read_only: true,
+        });
+        spec.floppy = Some(media.join("floppy.img"));
+        spec.cdroms = vec![media.join("a.iso"), media.join("b.iso")];
+        spec.nics.push(Nic {
+            model: NicModel::E1000,
+            mac: "52:54:00:12:01:01".into(),
+            switch: switch.dir.clone(),
+        });
+        spec.vga = true;
+        spec.serial_log = Some(rd.join(&format!("{name}.serial.log")));
+        spec.incoming_defer = true;
+        let vm = start_guest(&mut sup, &spec).await;
+        let st = vm.qmp.query_status().await.unwrap();
+        assert_eq!(st.status, "inmigrate", "{machine:?}");
+        let blocks = vm.qmp.execute("query-block", None).await.unwrap();
+        let text = blocks.to_string();
+        for node in ["disk0", "cdrom0", "cdrom1", "floppy0"] {
+            assert!(
+                text.contains(&format!("\"node-name\":\"{node}\"")),
+                "{node} missing: {text}"
+            );
+        }
+        sup.stop(vm.child).await;
+    }
+    sup.finish(true).await;
+}

@@ -280,6 +280,15 @@ impl Supervisor {
             match r {
                 Ok(q) => Arc::new(q),
                 Err(source) => {
+                    // QEMU listens on QMP before it loads the kernel and
+                    // media, so it may die after accepting: give it a
+                    // moment to be seen exiting.
+                    if exited.get().is_none()
+                        && let Ok(Ok(st)) =
+                            tokio::time::timeout(Duration::from_secs(2), child.wait()).await
+                    {
+                        exited.set(Some(st));
+                    }
                     return Err(match exited.get() {
                         Some(status) => {
                             entry.status = Some(status);
