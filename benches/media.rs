@@ -4,8 +4,11 @@
 //! the target directory, then alternates three timed rounds of `cp -r`,
 //! `cp -r` + fsync of every copy, and `IsoBuilder::write_to` (which fsyncs),
 //! after one untimed warm-up of each. It prints medians and writes the table to
-//! docs/perf-media.md. Set `MEDIA_BENCH_MIB` to change the data size. Under
+//! the `media` section of docs/perf.md. Set `MEDIA_BENCH_MIB` to change the data size. Under
 //! `cargo test --all-targets` it only runs a 4 MiB smoke test.
+
+#[path = "support/perfdoc.rs"]
+mod perfdoc;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -146,7 +149,7 @@ fn main() {
     );
 
     let doc = format!(
-        "# Media writing speed\n\n\
+        "## Media writing speed\n\n\
          Produced by `cargo bench --bench media` ({count} files, {:.0} MiB of mixed sizes \
          under the target directory, same disk for source and output; one warm-up, then \
          {ROUNDS} alternating rounds, medians). \"ISO relative\" is the time of the row \
@@ -172,10 +175,7 @@ fn main() {
     if !full {
         return;
     }
-    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/perf-media.md");
-    fs::create_dir_all(doc_path.parent().unwrap()).unwrap();
-    fs::write(&doc_path, doc).unwrap();
-    println!("wrote {}", doc_path.display());
+    perfdoc::write_section("media", &doc);
 }
 
 fn median(v: &mut [Duration]) -> Duration {
