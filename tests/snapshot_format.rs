@@ -308,3 +308,141 @@ fn restore_into_std_writer_reports_write_errors() {
     assert!(matches!(err, RestoreError::Write { .. }), "{err}");
     let _ = stdin.flush();
 }
+
+mod manifest {
+    use super::*;
+    use cygvm::snapshot::manifest::{DiskEntry, FORMAT_VERSION, rfc3339_utc};
+    use cygvm::snapshot::{CompatError, Manifest, ManifestError, RuntimeIdentity};
+
+    fn argv() -> Vec<String> {
+        [
+            "-machine",
+            "pc-q35-10.0,accel=tcg",
+            "-m",
+            "4096",
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:12:01:01",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn sample(dir: &Path) -> Manifest {
+        let path = dir.join("state.gz");
+        let state = save(&path, &synthetic::stream(MIB + 3, 20), opts());
+        Manifest {
+            format_version: FORMAT_VERSION,
+            cygvm_version: env!("CARGO_PKG_VERSION").into(),
+            qemu_version: "10.0.2".into(),
+            machine: "pc-q35-10.0".into(),
+            device_argv: argv(),
+            memory_bytes: 4 << 30,
+            disk: DiskEntry {
+                size: 123_456,
+                virtual_size: 40 << 30,
+                sha256: "ab".repeat(32),
+            },
+            state,
+            config_fingerprint: "cd".repeat(32),
+            cygwin_packages: vec!["cygport".into(), "gcc-core".into(), "make".into()],
+            created: rfc3339_utc(std::time::SystemTime::now()),
+        }
+    }
+
+    fn identity() -> RuntimeIdentity {
+        RuntimeIdentity {
+            qemu_version: "10.0.2".into(),
+            machine: "pc-q35-10.0".into(),
+            device_argv: argv(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_state_verifies_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = sample(dir.path());
+        let path = dir.path().join("manifest.json");
+        m.save(&path).unwrap();
+        let back = Manifest::load(&path).unwrap();
+        assert_eq!(back, m);
+        assert!(
+            back.created.ends_with('Z') && back.created.len() == 20,
+            "{}",
+            back.created
+        );
+        verify(&dir.path().join("state.gz"), &back.state).unwrap();
+        back.check_compatible(&identity()).unwrap();
+    }
+
+    #[test]
+    fn newer_format_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        let mut value = serde_json::to_value(sample(dir.path())).unwrap();
+        value["format_version"] = serde_json::json!(FORMAT_VERSION + 1);
+        value["something_new"] = serde_json::json!(true);
+        fs::write(&path, serde_json::to_vec(&value).unwrap()).unwrap();
+        let err = Manifest::load(&path).unwrap_err();
+        assert!(matches!(err, ManifestError::NewerFormat { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("format version {}", FORMAT_VERSION + 1)),
+            "{msg}"
+        );
+        assert!(msg.contains("newer cygvm"), "{msg}");
+    }
+
+    #[test]
+    fn garbage_is_invalid_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        fs::write(&path, b"{\"format_version\": 1}").unwrap();
+        assert!(matches!(
+            Manifest::load(&path),
+            Err(ManifestError::Invalid { .. })
+        ));
+        fs::write(&path, b"not json").unwrap();
+        assert!(matches!(
+            Manifest::load(&path),
+            Err(ManifestError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn compatibility_mismatches_name_the_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample(dir.path());
+        m.qemu_version = "9.2.0".into();
+        let err = m.check_compatible(&identity()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, CompatError::QemuVersion { .. }));
+        assert!(
+            msg.starts_with("snapshot made by QEMU 9.2.0, this host runs 10.0.2"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("cygvm refresh") && msg.contains("cygvm run --cold"),
+            "{msg}"
+        );
+
+        let mut m = sample(dir.path());
+        m.machine = "pc-q35-9.2".into();
+        let msg = m.check_compatible(&identity()).unwrap_err().to_string();
+        assert!(
+            msg.contains("machine type pc-q35-9.2, this run uses pc-q35-10.0"),
+            "{msg}"
+        );
+
+        let m = sample(dir.path());
+        let mut other = identity();
+        other.device_argv[5] = "e1000,netdev=n0,mac=52:54:00:12:01:01".into();
+        let msg = m.check_compatible(&other).unwrap_err().to_string();
+        assert!(
+            msg.starts_with(
+                "device set differs: snapshot has `virtio-net-pci,netdev=n0,mac=52:54:00:12:01:01` (argument 6), \
+                 this run has `e1000,netdev=n0,mac=52:54:00:12:01:01` (argument 6)"
+            ),
+            "{msg}"
+        );
+    }
+}

@@ -15,6 +15,7 @@ pub mod writer;
 
 use serde::{Deserialize, Serialize};
 
+pub use manifest::{CompatError, Manifest, ManifestError, RuntimeIdentity};
 pub use reader::{RestoreError, VerifyError, restore, restore_async, verify};
 pub use writer::{MigrationWriter, PendingState, SaveError};
 
