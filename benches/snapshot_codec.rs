@@ -1,0 +1,187 @@
+//! state.gz codec against plain gzip, in one run on the same data.
+//!
+//! cargo bench --bench snapshot_codec
+//!
+//! Data: a synthetic migration stream (half random pages, half zero and
+//! text-like pages), 1.4 GiB by default, like a guest with 1.4 GiB touched.
+//! Set CYGVM_BENCH_MIB for a smaller run. Writes docs/perf-snapshot.md.
+
+#[path = "../tests/common/synthetic.rs"]
+mod synthetic;
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cygvm::snapshot::{CodecOptions, MigrationWriter, StateSummary, default_threads, reader, verify};
+
+const MIB: usize = 1 << 20;
+
+struct Counter(u64);
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `gzip args`, feeding `input` (from memory or a file) and counting
+/// its output; returns (seconds, output bytes).
+fn gzip(args: &[&str], input: Option<&[u8]>, file: Option<&Path>) -> (Duration, u64) {
+    let mut cmd = Command::new("gzip");
+    cmd.args(args).stdout(Stdio::piped());
+    if let Some(f) = file {
+        cmd.arg(f);
+    }
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("gzip must be installed");
+    let mut stdout = child.stdout.take().unwrap();
+    let out = std::thread::scope(|s| {
+        if let Some(data) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            s.spawn(move || stdin.write_all(data).unwrap());
+        }
+        let mut counter = Counter(0);
+        io::copy(&mut stdout, &mut counter).unwrap();
+        counter.0
+    });
+    assert!(child.wait().unwrap().success(), "gzip {args:?} failed");
+    (start.elapsed(), out)
+}
+
+fn save(dir: &Path, data: &[u8], opts: CodecOptions) -> (Duration, StateSummary) {
+    let path = dir.join("state.gz");
+    let start = Instant::now();
+    let summary = MigrationWriter::create(&path, opts)
+        .unwrap()
+        .save(data)
+        .unwrap()
+        .commit()
+        .unwrap();
+    (start.elapsed(), summary)
+}
+
+fn mibs(bytes: usize, t: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / t.as_secs_f64()
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` does not run this.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let mib: usize = std::env::var("CYGVM_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1434);
+    let threads = default_threads();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    eprintln!("generating {mib} MiB of synthetic stream");
+    let data = synthetic::stream(mib * MIB, 42);
+    let len = data.len();
+    let mut doc = String::new();
+    let mut say = |line: String| {
+        println!("{line}");
+        doc.push_str(&line);
+        doc.push('\n');
+    };
+
+    // Level and member size, on a slice so the sweep stays short.
+    let sample = &data[..len.min(256 * MIB)];
+    let (g_t, g_size) = gzip(&["-c"], Some(sample), None);
+    say(format!("### Sweep on the first {} MiB ({threads} threads)\n", sample.len() / MIB));
+    say("| codec | member | time s | MiB/s | size vs gzip -6 |".into());
+    say("|---|---|---|---|---|".into());
+    say(format!("| gzip -6 (1 thread) | - | {:.2} | {:.0} | 1.000 |", g_t.as_secs_f64(), mibs(sample.len(), g_t)));
+    let sweep = [(1, 4), (2, 4), (4, 4), (6, 4), (1, 1), (1, 16)];
+    for (level, member) in sweep {
+        let opts = CodecOptions { member_size: member * MIB, level, threads };
+        let (t, s) = save(dir.path(), sample, opts);
+        say(format!(
+            "| libdeflate {level} | {member} MiB | {:.2} | {:.0} | {:.3} |",
+            t.as_secs_f64(),
+            mibs(sample.len(), t),
+            s.size as f64 / g_size as f64
+        ));
+    }
+
+    // The whole stream at the chosen settings.
+    let opts = CodecOptions::default();
+    eprintln!("gzip -c on {mib} MiB (single-threaded, the old way)");
+    let (gz_t, gz_size) = gzip(&["-c"], Some(&data), None);
+    eprintln!("cygvm writer");
+    let (w_t, summary) = save(dir.path(), &data, opts);
+    let path = dir.path().join("state.gz");
+    let start = Instant::now();
+    verify(&path, &summary).unwrap();
+    let v_t = start.elapsed();
+    let start = Instant::now();
+    let mut sink = Counter(0);
+    reader::restore_with(&path, &summary, &mut sink, &opts).unwrap();
+    let r_t = start.elapsed();
+    assert_eq!(sink.0, len as u64);
+    let (gd_t, gd_len) = gzip(&["-dc"], None, Some(&path));
+    assert_eq!(gd_len, len as u64);
+    let mut check = [0u8; 1];
+    assert_eq!(io::empty().read(&mut check).unwrap(), 0);
+
+    say(format!(
+        "\n### Whole stream: {mib} MiB, level {}, {} MiB members, {threads} threads\n",
+        opts.level,
+        opts.member_size / MIB
+    ));
+    say("| step | time s | MiB/s | size MiB | vs gzip |".into());
+    say("|---|---|---|---|---|".into());
+    say(format!(
+        "| save: `gzip -c` (default level, 1 thread) | {:.2} | {:.0} | {:.1} | 1.00× time, 1.000× size |",
+        gz_t.as_secs_f64(),
+        mibs(len, gz_t),
+        gz_size as f64 / MIB as f64
+    ));
+    say(format!(
+        "| save: cygvm writer | {:.2} | {:.0} | {:.1} | {:.2}× faster, {:.3}× size |",
+        w_t.as_secs_f64(),
+        mibs(len, w_t),
+        summary.size as f64 / MIB as f64,
+        gz_t.as_secs_f64() / w_t.as_secs_f64(),
+        summary.size as f64 / gz_size as f64
+    ));
+    say(format!(
+        "| revive: `gzip -dc state.gz` | {:.2} | {:.0} | | 1.00× |",
+        gd_t.as_secs_f64(),
+        mibs(len, gd_t)
+    ));
+    say(format!(
+        "| revive: cygvm verify (size, headers, sha256) | {:.2} | {:.0} | | |",
+        v_t.as_secs_f64(),
+        mibs(summary.size as usize, v_t)
+    ));
+    say(format!(
+        "| revive: cygvm reader (CRC per member) | {:.2} | {:.0} | | {:.2}× faster |",
+        r_t.as_secs_f64(),
+        mibs(len, r_t),
+        gd_t.as_secs_f64() / r_t.as_secs_f64()
+    ));
+    say(format!(
+        "| revive: verify + reader | {:.2} | | | {:.2}× faster |",
+        (v_t + r_t).as_secs_f64(),
+        gd_t.as_secs_f64() / (v_t + r_t).as_secs_f64()
+    ));
+
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/perf-snapshot.md");
+    let mut text = String::new();
+    let _ = write!(
+        text,
+        "# state.gz codec performance\n\n\
+         Produced by `cargo bench --bench snapshot_codec` (CYGVM_BENCH_MIB={mib}); \
+         the file is rewritten by each run. Data: synthetic migration stream, half \
+         random 4 KiB pages, half zero and text-like pages. gzip runs from memory \
+         through pipes; the cygvm writer writes a real file (page cache) and fsyncs it.\n\n\
+         Machine: {threads} cores, shared with other builds, so times vary by ±20 %.\n\n{doc}"
+    );
+    std::fs::write(&out, text).unwrap();
+    eprintln!("wrote {}", out.display());
+}
