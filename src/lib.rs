@@ -11,4 +11,5 @@ pub mod doctor;
 pub mod fsutil;
 pub mod media;
 pub mod secrets;
+pub mod snapshot;
 pub mod vm;
