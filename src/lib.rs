@@ -9,6 +9,7 @@ pub mod config;
 pub mod cygwin;
 pub mod doctor;
 pub mod fsutil;
+pub mod image;
 pub mod media;
 pub mod secrets;
 pub mod snapshot;
