@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod cygwin;
 pub mod doctor;
 pub mod fsutil;
