@@ -221,17 +221,26 @@ fn controller_initrd_is_cached_by_content() {
 struct Proc {
     child: Child,
     name: &'static str,
+    // vde_switch reads commands on stdin and exits at EOF: keep it open.
+    _stdin: Option<std::process::ChildStdin>,
 }
 
 impl Proc {
     fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
         let log = std::fs::File::create(log).unwrap();
-        cmd.stdin(Stdio::null())
+        cmd.stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child, name }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdin = child.stdin.take();
+        Proc {
+            child,
+            name,
+            _stdin: stdin,
+        }
     }
 
     /// Waits for the process to exit by itself.
@@ -438,6 +447,7 @@ fn controller_boots_and_reports_ready() {
     let took = wait_ready(&c, Duration::from_secs(60));
     println!("controller ready {:.1} s after QEMU started", took.as_secs_f64());
     let serial = std::fs::read_to_string(&c.serial_log).unwrap();
+    println!("{serial}");
     assert!(serial.contains(READY_LINE), "{serial}");
     assert!(!serial.contains(SAMBA_PASSWORD), "the password reached the console");
 }
