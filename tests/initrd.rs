@@ -22,7 +22,9 @@ fn parts() -> HostParts {
 }
 
 fn run_ok(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -47,7 +49,8 @@ fn cpio_archive_reads_back_with_gnu_cpio() {
     b.add_symlink("/etc/link", "hello.txt").unwrap();
     b.add_dir("/var/lib/deep/private", 0o700).unwrap();
     let archive = dir.path().join("a.cpio");
-    b.write_cpio(std::fs::File::create(&archive).unwrap()).unwrap();
+    b.write_cpio(std::fs::File::create(&archive).unwrap())
+        .unwrap();
 
     let listing = String::from_utf8(run_ok(
         Command::new("cpio")
@@ -67,11 +70,17 @@ fn cpio_archive_reads_back_with_gnu_cpio() {
     };
     assert!(line("etc/hello.txt").starts_with("-rw-r-----"));
     assert!(line("init").starts_with("-rwxr-xr-x"));
-    assert!(line("usr/bin/tool").starts_with("-rwxr-xr-x"), "/bin is merged into /usr");
+    assert!(
+        line("usr/bin/tool").starts_with("-rwxr-xr-x"),
+        "/bin is merged into /usr"
+    );
     assert!(line("bin").starts_with("lrwxrwxrwx") && line("bin").ends_with("-> usr/bin"));
     assert!(line("etc/link").ends_with("-> hello.txt"));
     assert!(line("var/lib/deep/private").starts_with("drwx------"));
-    assert!(line("var/lib/deep").starts_with("drwxr-xr-x"), "parents are added");
+    assert!(
+        line("var/lib/deep").starts_with("drwxr-xr-x"),
+        "parents are added"
+    );
     assert!(line("dev/console").starts_with("crw-------"));
 
     // Contents, extracted by cpio itself.
@@ -92,7 +101,10 @@ fn cpio_archive_reads_back_with_gnu_cpio() {
         std::fs::read_link(out.join("etc/link")).unwrap(),
         Path::new("hello.txt")
     );
-    let mode = std::fs::metadata(out.join("init")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(out.join("init"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o755);
 }
 
@@ -139,7 +151,8 @@ fn module_closure_follows_real_modules_dep() {
 
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("m.cpio");
-    b.write_cpio(std::fs::File::create(&archive).unwrap()).unwrap();
+    b.write_cpio(std::fs::File::create(&archive).unwrap())
+        .unwrap();
     run_ok(
         Command::new("cpio")
             .current_dir(dir.path())
@@ -157,11 +170,18 @@ fn module_closure_follows_real_modules_dep() {
 fn host_binary_brings_its_libraries() {
     let parts = parts();
     let mut b = InitrdBuilder::new();
-    b.add_host_binary(&parts.dropbear, "/usr/sbin/dropbear").unwrap();
+    b.add_host_binary(&parts.dropbear, "/usr/sbin/dropbear")
+        .unwrap();
     let paths: Vec<&str> = b.paths().collect();
     assert!(paths.contains(&"usr/sbin/dropbear"));
-    assert!(paths.contains(&"usr/lib64/ld-linux-x86-64.so.2"), "{paths:#?}");
-    assert!(paths.contains(&"usr/lib/x86_64-linux-gnu/libc.so.6"), "{paths:#?}");
+    assert!(
+        paths.contains(&"usr/lib64/ld-linux-x86-64.so.2"),
+        "{paths:#?}"
+    );
+    assert!(
+        paths.contains(&"usr/lib/x86_64-linux-gnu/libc.so.6"),
+        "{paths:#?}"
+    );
     assert!(paths.contains(&"lib64"), "/lib64 resolves to usr/lib64");
 }
 
@@ -212,7 +232,11 @@ fn controller_initrd_is_cached_by_content() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names.iter().all(|n| n.ends_with(".img") && !n.starts_with('.')));
+    assert!(
+        names
+            .iter()
+            .all(|n| n.ends_with(".img") && !n.starts_with('.'))
+    );
 }
 
 // --------------------------------------------------------------- VM helpers
@@ -368,7 +392,11 @@ fn start_controller(dir: &Path, switch: &Path, parts: &HostParts) -> Controller 
     add_9p(&mut cmd, "outputs", &outputs, false);
     add_9p(&mut cmd, "control", &control, true);
     add_nic(&mut cmd, switch, "52:54:00:12:01:02");
-    let qemu = Proc::spawn("controller qemu", &mut cmd, &dir.join("controller.qemu.log"));
+    let qemu = Proc::spawn(
+        "controller qemu",
+        &mut cmd,
+        &dir.join("controller.qemu.log"),
+    );
     Controller {
         _qemu: qemu,
         inputs,
@@ -376,6 +404,16 @@ fn start_controller(dir: &Path, switch: &Path, parts: &HostParts) -> Controller 
         serial_log,
         agent_sock,
     }
+}
+
+/// The first line of a serial log starting with `prefix`, trimmed (the
+/// console ends lines with \r\n).
+fn line_starting(log: &str, prefix: &str) -> String {
+    log.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{log}"))
+        .to_string()
 }
 
 fn tail(path: &Path) -> String {
@@ -445,11 +483,16 @@ fn controller_boots_and_reports_ready() {
     let (_switch, sock) = vde_switch(dir.path());
     let c = start_controller(dir.path(), &sock, &parts);
     let took = wait_ready(&c, Duration::from_secs(60));
-    println!("controller ready {:.1} s after QEMU started", took.as_secs_f64());
+    println!(
+        "controller ready {:.1} s after QEMU started",
+        took.as_secs_f64()
+    );
     let serial = std::fs::read_to_string(&c.serial_log).unwrap();
-    println!("{serial}");
     assert!(serial.contains(READY_LINE), "{serial}");
-    assert!(!serial.contains(SAMBA_PASSWORD), "the password reached the console");
+    assert!(
+        !serial.contains(SAMBA_PASSWORD),
+        "the password reached the console"
+    );
 }
 
 /// Media the way cygvm's media step lays them out, made with mtools and xorriso.
@@ -469,7 +512,13 @@ fn make_media(dir: &Path, selftest_credentials: bool) -> Media {
     );
     let answer = dir.join("autounattend.xml");
     std::fs::write(&answer, "<unattend/>\n").unwrap();
-    run_ok(Command::new("mcopy").arg("-i").arg(&floppy).arg(&answer).arg("::"));
+    run_ok(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(&floppy)
+            .arg(&answer)
+            .arg("::"),
+    );
 
     let tree = dir.join("iso-tree");
     std::fs::create_dir_all(tree.join("cygvm")).unwrap();
@@ -487,7 +536,11 @@ fn make_media(dir: &Path, selftest_credentials: bool) -> Media {
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "client", "-f"])
             .arg(&client),
     );
-    std::fs::copy(client.with_extension("pub"), tree.join("cygvm/authorized_keys")).unwrap();
+    std::fs::copy(
+        client.with_extension("pub"),
+        tree.join("cygvm/authorized_keys"),
+    )
+    .unwrap();
     std::fs::write(
         tree.join("cygvm/standin.conf"),
         "ADDR=192.168.0.1/24\nCONTROLLER=192.168.0.2\nUSER=cygvm\n",
@@ -524,7 +577,10 @@ fn standin_qemu(
 ) -> Command {
     let mut cmd = qemu_base(&parts.kernel.image, initrd, append, serial_log);
     cmd.arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", media.disk.display()))
+        .arg(format!(
+            "file={},if=virtio,format=raw",
+            media.disk.display()
+        ))
         .arg("-drive")
         .arg(format!(
             "file={},if=floppy,format=raw,readonly=on",
@@ -583,9 +639,15 @@ fn standin_install_writes_disk_and_powers_off() {
     let dir = tempfile::tempdir().unwrap();
     let media = make_media(dir.path(), false);
     let (took, serial) = install_standin(dir.path(), &parts, &media);
-    println!("stand-in install powered off after {:.1} s", took.as_secs_f64());
+    println!(
+        "stand-in install powered off after {:.1} s",
+        took.as_secs_f64()
+    );
     assert!(serial.contains("cygvm-standin: install ok"), "{serial}");
-    assert!(serial.contains("autounattend.xml"), "floppy not read:\n{serial}");
+    assert!(
+        serial.contains("autounattend.xml"),
+        "floppy not read:\n{serial}"
+    );
     assert_eq!(read_from_disk(&media.disk, "/cygvm/status").trim(), "ok");
     assert!(read_from_disk(&media.disk, "/cygvm/authorized_keys").contains("client"));
     assert!(read_from_disk(&media.disk, "/cygvm/install.log").contains("install ok"));
@@ -613,7 +675,11 @@ fn standin_install_without_marker_reports_failure() {
         &serial,
     );
     let mut qemu = Proc::spawn("stand-in install", &mut cmd, &dir.path().join("q.log"));
-    assert!(qemu.wait_exit(Duration::from_secs(120)).is_some(), "{}", tail(&serial));
+    assert!(
+        qemu.wait_exit(Duration::from_secs(120)).is_some(),
+        "{}",
+        tail(&serial)
+    );
     let status = read_from_disk(&media.disk, "/cygvm/status");
     assert!(status.starts_with("failed: media"), "{status:?}");
 }
@@ -661,12 +727,26 @@ fn standin_mounts_controller_shares() {
     let expect = |line: &str| assert!(log.contains(line), "no {line:?} in:\n{log}");
     expect("cygvm-standin: ready: ssh on 192.168.0.1:22");
     expect("selftest: guest-mount: refused");
+    expect("selftest: wrong-password: refused");
+    // dropbear on IPv4 and IPv6 port 22, nothing else.
+    assert_eq!(
+        line_starting(&log, "cygvm-standin: selftest: listeners:"),
+        "cygvm-standin: selftest: listeners: 0.0.0.0:22 :::22"
+    );
+    expect("selftest: ssh banner: SSH-2.0-dropbear");
     expect("selftest: mount: ok");
     expect("selftest: probe: probe-4711");
     expect("selftest: inputs-write: refused");
+    expect("selftest: inputs-write-rw-mount: refused");
     expect("selftest: outputs-write: ok");
     expect("selftest: done");
     assert!(!c.inputs.join("guest-wrote").exists());
+    // smbd listens on the private address only.
+    let controller_log = std::fs::read_to_string(&c.serial_log).unwrap();
+    assert_eq!(
+        line_starting(&controller_log, "cygvm-controller: listening on"),
+        "cygvm-controller: listening on 192.168.0.2:445"
+    );
     assert_eq!(
         std::fs::read_to_string(c.outputs.join("from-guest")).unwrap(),
         "written by the guest\n"
@@ -674,6 +754,9 @@ fn standin_mounts_controller_shares() {
     let mut f = std::fs::File::open(&guest_serial).unwrap();
     let mut all = String::new();
     f.read_to_string(&mut all).unwrap();
-    assert!(!all.contains(SAMBA_PASSWORD), "the password reached the console");
+    assert!(
+        !all.contains(SAMBA_PASSWORD),
+        "the password reached the console"
+    );
     let _ = std::io::stdout().flush();
 }

@@ -184,7 +184,11 @@ impl InitrdBuilder {
     /// Adds a dynamically linked host program at `dest` with every library
     /// `ldd` lists and the dynamic loader, each at the (merged-/usr) path the
     /// loader will look for it. A static program is added alone.
-    pub fn add_host_binary(&mut self, host_path: &Path, dest: &str) -> Result<&mut Self, InitrdError> {
+    pub fn add_host_binary(
+        &mut self,
+        host_path: &Path,
+        dest: &str,
+    ) -> Result<&mut Self, InitrdError> {
         self.add_file(dest, host_path, 0o755)?;
         for lib in ldd(host_path)? {
             let dest = library_dest(&lib);
@@ -707,7 +711,8 @@ mod tests {
     #[test]
     fn header_fields_are_newc() {
         let mut b = InitrdBuilder::new();
-        b.add_bytes("/init", b"#!/bin/sh\n".to_vec(), 0o755).unwrap();
+        b.add_bytes("/init", b"#!/bin/sh\n".to_vec(), 0o755)
+            .unwrap();
         let bytes = b.write_cpio(Vec::new()).unwrap();
         assert_eq!(&bytes[..6], b"070701");
         assert_eq!(bytes.len() % 512, 0);
