@@ -239,6 +239,19 @@ fn controller_initrd_is_cached_by_content() {
     );
 }
 
+/// The vmlinux extracted from the installed bzImage is an ELF, cached once.
+#[test]
+fn vmlinux_is_extracted_from_the_bzimage() {
+    let parts = parts();
+    let cache = tempfile::tempdir().unwrap();
+    let first = controller::kernel::pvh_kernel(&parts.kernel, cache.path()).unwrap();
+    let data = std::fs::read(&first).unwrap();
+    assert_eq!(&data[..4], b"\x7fELF");
+    assert!(data.len() > std::fs::metadata(&parts.kernel.image).unwrap().len() as usize);
+    let again = controller::kernel::pvh_kernel(&parts.kernel, cache.path()).unwrap();
+    assert_eq!(first, again);
+}
+
 // --------------------------------------------------------------- VM helpers
 
 /// A child in its own process group, stopped SIGTERM → wait → SIGKILL on drop.
@@ -315,6 +328,12 @@ fn vde_switch(dir: &Path) -> (Proc, PathBuf) {
     (p, sock)
 }
 
+/// The uncompressed vmlinux (PVH boot), cached next to the initrds.
+fn boot_kernel(parts: &HostParts) -> PathBuf {
+    controller::kernel::pvh_kernel(&parts.kernel, &controller::initrd::default_cache_dir())
+        .expect("a PVH-capable kernel")
+}
+
 fn qemu_base(kernel: &Path, initrd: &Path, append: &str, serial_log: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-nodefaults", "-display", "none"])
@@ -376,9 +395,13 @@ fn start_controller(dir: &Path, switch: &Path, parts: &HostParts) -> Controller 
     let serial_log = dir.join("controller.serial.log");
     let agent_sock = dir.join("controller.agent.sock");
     let mut cmd = qemu_base(
-        &parts.kernel.image,
+        &boot_kernel(parts),
         &initrd.path,
-        "console=ttyS0 quiet cygvm.addr=192.168.0.2/24 cygvm.guest=192.168.0.1 cygvm.user=cygvm",
+        &format!(
+            "console=ttyS0 quiet cygvm.addr=192.168.0.2/24 cygvm.guest=192.168.0.1 \
+             cygvm.user=cygvm cygvm.debug={}",
+            u8::from(std::env::var_os("CYGVM_TEST_DEBUG").is_some())
+        ),
         &serial_log,
     );
     cmd.args(["-device", "virtio-serial-pci"])
@@ -489,6 +512,12 @@ fn controller_boots_and_reports_ready() {
     );
     let serial = std::fs::read_to_string(&c.serial_log).unwrap();
     assert!(serial.contains(READY_LINE), "{serial}");
+    println!("{}", line_starting(&serial, "cygvm-controller: init took"));
+    if std::env::var_os("CYGVM_TEST_DEBUG").is_some() {
+        // init copies smbd's log to the console just after the ready line.
+        std::thread::sleep(Duration::from_secs(2));
+        println!("{}", std::fs::read_to_string(&c.serial_log).unwrap());
+    }
     assert!(
         !serial.contains(SAMBA_PASSWORD),
         "the password reached the console"
@@ -575,7 +604,7 @@ fn standin_qemu(
     append: &str,
     serial_log: &Path,
 ) -> Command {
-    let mut cmd = qemu_base(&parts.kernel.image, initrd, append, serial_log);
+    let mut cmd = qemu_base(&boot_kernel(parts), initrd, append, serial_log);
     cmd.arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=raw",
@@ -725,7 +754,10 @@ fn standin_mounts_controller_shares() {
     );
     let log = std::fs::read_to_string(&guest_serial).unwrap();
     let expect = |line: &str| assert!(log.contains(line), "no {line:?} in:\n{log}");
-    expect("cygvm-standin: ready: ssh on 192.168.0.1:22");
+    println!(
+        "{}",
+        line_starting(&log, "cygvm-standin: ready: ssh on 192.168.0.1:22")
+    );
     expect("selftest: guest-mount: refused");
     expect("selftest: wrong-password: refused");
     // dropbear on IPv4 and IPv6 port 22, nothing else.

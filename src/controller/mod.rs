@@ -3,6 +3,7 @@
 //! which is built the same way from the same directory.
 
 pub mod initrd;
+pub mod kernel;
 
 use std::path::{Path, PathBuf};
 
