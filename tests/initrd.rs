@@ -581,6 +581,15 @@ fn make_media(dir: &Path, selftest_credentials: bool) -> Media {
             format!("username=cygvm\npassword={SAMBA_PASSWORD}\n"),
         )
         .unwrap();
+        std::fs::copy(&client, tree.join("cygvm/selftest-client-key")).unwrap();
+        let host_pub = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let mut fields = host_pub.split_whitespace();
+        let (kind, blob) = (fields.next().unwrap(), fields.next().unwrap());
+        std::fs::write(
+            tree.join("cygvm/selftest-known-hosts"),
+            format!("127.0.0.1 {kind} {blob}\n"),
+        )
+        .unwrap();
     }
     let iso = dir.join("cygwin.iso");
     run_ok(
@@ -766,6 +775,8 @@ fn standin_mounts_controller_shares() {
         "cygvm-standin: selftest: listeners: 0.0.0.0:22 :::22"
     );
     expect("selftest: ssh banner: SSH-2.0-dropbear");
+    // Key login, pinned host key (converted at install) and exit status.
+    expect("selftest: ssh exit status: 7, said: ssh-login: cygvm in /home/cygvm");
     expect("selftest: mount: ok");
     expect("selftest: probe: probe-4711");
     expect("selftest: inputs-write: refused");

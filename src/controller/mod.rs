@@ -40,6 +40,10 @@ pub const DROPBEAR: HostProgram = HostProgram {
     name: "dropbear",
     package: "dropbear-bin",
 };
+pub const DBCLIENT: HostProgram = HostProgram {
+    name: "dbclient",
+    package: "dropbear-bin",
+};
 pub const DROPBEARCONVERT: HostProgram = HostProgram {
     name: "dropbearconvert",
     package: "dropbear-bin",
@@ -67,6 +71,7 @@ pub struct HostParts {
     pub smbpasswd: PathBuf,
     pub dropbear: PathBuf,
     pub dropbearconvert: PathBuf,
+    pub dbclient: PathBuf,
 }
 
 impl HostParts {
@@ -91,6 +96,7 @@ impl HostParts {
             smbpasswd: find(SMBPASSWD)?,
             dropbear: find(DROPBEAR)?,
             dropbearconvert: find(DROPBEARCONVERT)?,
+            dbclient: find(DBCLIENT)?,
         })
     }
 }
@@ -117,7 +123,7 @@ pub fn controller_initrd(
     Ok(b)
 }
 
-/// The linux-standin guest's initrd: busybox, dropbear, dropbearconvert,
+/// The linux-standin guest's initrd: busybox, dropbear, dropbearconvert, dbclient,
 /// the disk/media/network/cifs modules, its init and the share helper.
 pub fn standin_initrd(parts: &HostParts) -> Result<InitrdBuilder, ControllerError> {
     let mut b = base(parts)?;
@@ -126,6 +132,8 @@ pub fn standin_initrd(parts: &HostParts) -> Result<InitrdBuilder, ControllerErro
     b.add_bytes("/usr/bin/cygvm-mount-shares", files::MOUNT_SHARES, 0o755)?;
     b.add_host_binary(&parts.dropbear, "/usr/sbin/dropbear")?;
     b.add_host_binary(&parts.dropbearconvert, "/usr/bin/dropbearconvert")?;
+    // The self-test's SSH login; also handy from the stand-in's console.
+    b.add_host_binary(&parts.dbclient, "/usr/bin/dbclient")?;
     b.add_bytes("/etc/shells", "/bin/sh\n", 0o644)?;
     b.add_bytes("/etc/shadow", "root:*:1:0:99999:7:::\n", 0o600)?;
     Ok(b)
