@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 pub enum ImageError {
     #[error("{path} is not a cygvm image (no `current` generation); run `cygvm install` first")]
     NoImage { path: PathBuf },
-    #[error("image {path} is busy: another install or refresh holds its lock; wait for it to finish")]
+    #[error(
+        "image {path} is busy: another install or refresh holds its lock; wait for it to finish"
+    )]
     Busy { path: PathBuf },
     #[error("cannot {action} {path}")]
     Io {
@@ -190,7 +192,10 @@ impl ImageDir {
     /// interrupted attempts are removed first (the caller holds the lock).
     pub fn begin_generation(&self, _lock: &FileLock) -> Result<PendingGeneration, ImageError> {
         fs::create_dir_all(&self.root).map_err(io("create", &self.root))?;
-        for entry in fs::read_dir(&self.root).map_err(io("read", &self.root))?.flatten() {
+        for entry in fs::read_dir(&self.root)
+            .map_err(io("read", &self.root))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(".gen-") {
                 let _ = fs::remove_dir_all(entry.path());
@@ -328,7 +333,10 @@ mod tests {
         assert_eq!(removed, vec![1], "generation 2 is in use, 3 is current");
         drop(held);
         assert_eq!(image.prune(1, &lock).unwrap(), vec![2]);
-        assert_eq!(fs::read_to_string(image.current().unwrap().disk()).unwrap(), "disk 3");
+        assert_eq!(
+            fs::read_to_string(image.current().unwrap().disk()).unwrap(),
+            "disk 3"
+        );
     }
 
     #[test]

@@ -1,0 +1,171 @@
+//! The controller VM: its initrd (assembled from `controller-initrd/` plus
+//! host programs and kernel modules), and the linux-standin guest's initrd,
+//! which is built the same way from the same directory.
+
+pub mod initrd;
+pub mod kernel;
+
+use std::path::{Path, PathBuf};
+
+pub use initrd::{BuiltInitrd, InitrdBuilder, InitrdError};
+
+use crate::vm::host_tools::{self, ControllerKernel, HostProgram};
+
+/// The files of `controller-initrd/`, compiled in so an installed cygvm
+/// needs no data directory.
+pub mod files {
+    pub const CONTROLLER_INIT: &str = include_str!("../../controller-initrd/init");
+    pub const SMB_CONF_IN: &str = include_str!("../../controller-initrd/smb.conf.in");
+    pub const CONTROLLER_MODULES: &str = include_str!("../../controller-initrd/controller.modules");
+    pub const STANDIN_INIT: &str = include_str!("../../controller-initrd/standin-init");
+    pub const STANDIN_MODULES: &str = include_str!("../../controller-initrd/standin.modules");
+    pub const MOUNT_SHARES: &str = include_str!("../../controller-initrd/cygvm-mount-shares");
+}
+
+/// The line the controller prints on its console and virtio-serial port
+/// once smbd serves the shares.
+pub const READY_LINE: &str = "cygvm-controller: ready";
+/// Prefix of the line it prints instead when a step fails.
+pub const FAILED_PREFIX: &str = "cygvm-controller: failed: ";
+/// Name of the controller's virtio-serial port.
+pub const AGENT_PORT: &str = "cygvm.agent";
+/// Files the host puts on the controller's `control` 9p share.
+pub const CONTROL_SAMBA_PASSWORD: &str = "samba_password";
+
+pub const SMBPASSWD: HostProgram = HostProgram {
+    name: "smbpasswd",
+    package: "samba-common-bin",
+};
+pub const DROPBEAR: HostProgram = HostProgram {
+    name: "dropbear",
+    package: "dropbear-bin",
+};
+pub const DBCLIENT: HostProgram = HostProgram {
+    name: "dbclient",
+    package: "dropbear-bin",
+};
+pub const DROPBEARCONVERT: HostProgram = HostProgram {
+    name: "dropbearconvert",
+    package: "dropbear-bin",
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{name} not found on this host; install the Debian package {package}")]
+    MissingProgram {
+        name: &'static str,
+        package: &'static str,
+    },
+    #[error("no kernel for the controller VM: {0}")]
+    Kernel(String),
+    #[error(transparent)]
+    Initrd(#[from] InitrdError),
+}
+
+/// Host programs and the kernel an initrd is assembled from.
+#[derive(Debug, Clone)]
+pub struct HostParts {
+    pub kernel: ControllerKernel,
+    pub busybox: PathBuf,
+    pub smbd: PathBuf,
+    pub smbpasswd: PathBuf,
+    pub dropbear: PathBuf,
+    pub dropbearconvert: PathBuf,
+    pub dbclient: PathBuf,
+}
+
+impl HostParts {
+    /// The newest kernel under /boot and the programs found on this host.
+    pub fn from_host() -> Result<Self, ControllerError> {
+        let kernel = host_tools::find_kernel(Path::new("/boot"), Path::new("/lib/modules"))
+            .map_err(ControllerError::Kernel)?;
+        Self::with_kernel(kernel)
+    }
+
+    pub fn with_kernel(kernel: ControllerKernel) -> Result<Self, ControllerError> {
+        let find = |p: HostProgram| {
+            p.find().ok_or(ControllerError::MissingProgram {
+                name: p.name,
+                package: p.package,
+            })
+        };
+        Ok(Self {
+            kernel,
+            busybox: find(host_tools::BUSYBOX)?,
+            smbd: find(host_tools::SMBD)?,
+            smbpasswd: find(SMBPASSWD)?,
+            dropbear: find(DROPBEAR)?,
+            dropbearconvert: find(DROPBEARCONVERT)?,
+            dbclient: find(DBCLIENT)?,
+        })
+    }
+}
+
+/// The controller VM's initrd: busybox, smbd and smbpasswd with their
+/// libraries, virtio/9p modules, init and the smb.conf template. `agent`, when
+/// given, becomes `/bin/cygvm-agent`, which init execs once ready.
+pub fn controller_initrd(
+    parts: &HostParts,
+    agent: Option<&Path>,
+) -> Result<InitrdBuilder, ControllerError> {
+    let mut b = base(parts)?;
+    b.add_kernel_modules(&parts.kernel, &module_names(files::CONTROLLER_MODULES))?;
+    b.add_bytes("/init", files::CONTROLLER_INIT, 0o755)?;
+    b.add_host_binary(&parts.smbd, "/usr/sbin/smbd")?;
+    b.add_host_binary(&parts.smbpasswd, "/usr/bin/smbpasswd")?;
+    b.add_bytes("/etc/samba/smb.conf.in", files::SMB_CONF_IN, 0o644)?;
+    b.add_dir("/var/lib/samba/private", 0o700)?;
+    b.add_dir("/var/cache/samba", 0o755)?;
+    b.add_dir("/srv", 0o755)?;
+    if let Some(agent) = agent {
+        b.add_host_binary(agent, "/bin/cygvm-agent")?;
+    }
+    Ok(b)
+}
+
+/// The linux-standin guest's initrd: busybox, dropbear, dropbearconvert, dbclient,
+/// the disk/media/network/cifs modules, its init and the share helper.
+pub fn standin_initrd(parts: &HostParts) -> Result<InitrdBuilder, ControllerError> {
+    let mut b = base(parts)?;
+    b.add_kernel_modules(&parts.kernel, &module_names(files::STANDIN_MODULES))?;
+    b.add_bytes("/init", files::STANDIN_INIT, 0o755)?;
+    b.add_bytes("/usr/bin/cygvm-mount-shares", files::MOUNT_SHARES, 0o755)?;
+    b.add_host_binary(&parts.dropbear, "/usr/sbin/dropbear")?;
+    b.add_host_binary(&parts.dropbearconvert, "/usr/bin/dropbearconvert")?;
+    // The self-test's SSH login; also handy from the stand-in's console.
+    b.add_host_binary(&parts.dbclient, "/usr/bin/dbclient")?;
+    b.add_bytes("/etc/shells", "/bin/sh\n", 0o644)?;
+    b.add_bytes("/etc/shadow", "root:*:1:0:99999:7:::\n", 0o600)?;
+    Ok(b)
+}
+
+/// What both VMs share: busybox and a minimal /etc.
+fn base(parts: &HostParts) -> Result<InitrdBuilder, ControllerError> {
+    let mut b = InitrdBuilder::new();
+    b.add_busybox(&parts.busybox)?;
+    for dir in ["proc", "sys", "run", "tmp", "mnt", "var/log", "root"] {
+        b.add_dir(dir, 0o755)?;
+    }
+    b.add_dir("tmp", 0o1777)?;
+    b.add_bytes(
+        "/etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        0o644,
+    )?;
+    b.add_bytes("/etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+    b.add_bytes(
+        "/etc/nsswitch.conf",
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files\n",
+        0o644,
+    )?;
+    b.add_bytes("/etc/hosts", "127.0.0.1 localhost\n", 0o644)?;
+    Ok(b)
+}
+
+/// Module names from a `*.modules` list: one a line, `#` comments.
+pub fn module_names(list: &str) -> Vec<&str> {
+    list.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
