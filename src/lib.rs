@@ -10,6 +10,7 @@ pub mod controller;
 pub mod cygwin;
 pub mod doctor;
 pub mod fsutil;
+pub mod guest;
 pub mod image;
 pub mod media;
 pub mod secrets;

@@ -275,10 +275,15 @@ async fn host_client_and_agent_over_a_unix_socket() {
     assert_eq!(out, b"hello\n");
     assert_eq!(err, b"oops\n");
     let failed = client
-        .exec_checked("echo bad >&2; false")
+        .exec_checked("echo bad >&2; false", None)
         .await
         .unwrap_err();
     assert!(failed.to_string().contains("ended with 1: bad"), "{failed}");
+    let echoed = client
+        .exec_checked("cat", Some(b"fed on stdin"))
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"fed on stdin");
     client.shutdown().await.unwrap();
     agent.join().unwrap().unwrap();
 }

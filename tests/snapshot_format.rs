@@ -342,7 +342,7 @@ mod manifest {
                 virtual_size: 40 << 30,
                 sha256: "ab".repeat(32),
             },
-            state,
+            state: Some(state),
             config_fingerprint: "cd".repeat(32),
             cygwin_packages: vec!["cygport".into(), "gcc-core".into(), "make".into()],
             created: rfc3339_utc(std::time::SystemTime::now()),
@@ -370,7 +370,7 @@ mod manifest {
             "{}",
             back.created
         );
-        verify(&dir.path().join("state.gz"), &back.state).unwrap();
+        verify(&dir.path().join("state.gz"), back.state.as_ref().unwrap()).unwrap();
         back.check_compatible(&identity()).unwrap();
     }
 

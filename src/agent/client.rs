@@ -26,6 +26,8 @@ pub enum AgentError {
     Protocol { line: String, message: String },
     #[error("{message}")]
     Remote { kind: ErrorKind, message: String },
+    #[error("the controller VM failed to start: {0}")]
+    ControllerFailed(String),
 }
 
 /// How a guest command ended, as the agent reported it.
@@ -142,6 +144,15 @@ impl AgentClient {
     async fn reply_for(&mut self, id: u64) -> Result<Reply, AgentError> {
         loop {
             let line = self.lines.next_line().await?.ok_or(AgentError::Closed)?;
+            // The controller's init writes its status lines to the same
+            // port before the agent starts.
+            if let Some(status) = line.strip_prefix("cygvm-controller: ") {
+                if let Some(step) = status.strip_prefix("failed: ") {
+                    return Err(AgentError::ControllerFailed(step.to_string()));
+                }
+                tracing::debug!("controller: {status}");
+                continue;
+            }
             let reply: Reply = serde_json::from_str(&line).map_err(|e| AgentError::Protocol {
                 line: line.clone(),
                 message: e.to_string(),
@@ -193,12 +204,28 @@ impl AgentClient {
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
+        self.exec_with_input(command, None, stdout, stderr).await
+    }
+
+    /// Like [`AgentClient::exec`], feeding `stdin` to the command.
+    pub async fn exec_with_input<O, E>(
+        &mut self,
+        command: &str,
+        stdin: Option<&[u8]>,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<RemoteExit, AgentError>
+    where
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let b64 = base64::engine::general_purpose::STANDARD;
         let id = self
             .send(Op::Exec {
                 command: command.to_string(),
+                stdin: stdin.map(|s| b64.encode(s)),
             })
             .await?;
-        let b64 = base64::engine::general_purpose::STANDARD;
         let decode = |data: &str| {
             b64.decode(data).map_err(|e| AgentError::Protocol {
                 line: data.chars().take(80).collect(),
@@ -226,10 +253,16 @@ impl AgentClient {
 
     /// Runs `command` and returns its stdout; a non-zero exit is an error
     /// carrying stderr.
-    pub async fn exec_checked(&mut self, command: &str) -> Result<Vec<u8>, AgentError> {
+    pub async fn exec_checked(
+        &mut self,
+        command: &str,
+        stdin: Option<&[u8]>,
+    ) -> Result<Vec<u8>, AgentError> {
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let exit = self.exec(command, &mut out, &mut err).await?;
+        let exit = self
+            .exec_with_input(command, stdin, &mut out, &mut err)
+            .await?;
         if exit.status == Some(0) {
             Ok(out)
         } else {

@@ -24,8 +24,13 @@ pub enum Op {
     /// Wait until the guest's sshd answers with the pinned host key and
     /// `true` succeeds, within `timeout_ms`.
     WaitSsh { timeout_ms: u64 },
-    /// Run a command in the guest; output is streamed back.
-    Exec { command: String },
+    /// Run a command in the guest; output is streamed back. `stdin`
+    /// (base64), when given, is fed to the command, then closed.
+    Exec {
+        command: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin: Option<String>,
+    },
     /// Power the controller off.
     Shutdown,
 }
@@ -116,6 +121,7 @@ mod tests {
             id: 7,
             op: Op::Exec {
                 command: "make".into(),
+                stdin: None,
             },
         };
         assert_eq!(

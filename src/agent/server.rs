@@ -76,7 +76,7 @@ impl<W: Write> Agent<W> {
                 )?;
             }
             Op::WaitSsh { timeout_ms } => self.wait_ssh(id, Duration::from_millis(timeout_ms))?,
-            Op::Exec { command } => self.exec(id, &command)?,
+            Op::Exec { command, stdin } => self.exec(id, &command, stdin.as_deref())?,
             Op::Shutdown => {
                 self.send(id, ReplyBody::Done)?;
                 return Ok(Next::Shutdown);
@@ -117,7 +117,7 @@ impl<W: Write> Agent<W> {
         }
     }
 
-    fn exec(&mut self, id: u64, command: &str) -> std::io::Result<()> {
+    fn exec(&mut self, id: u64, command: &str, stdin: Option<&str>) -> std::io::Result<()> {
         let Some(mut ssh) = self.ssh.take() else {
             return self.error(
                 id,
@@ -126,9 +126,16 @@ impl<W: Write> Agent<W> {
             );
         };
         let b64 = base64::engine::general_purpose::STANDARD;
+        let input = match stdin.map(|s| b64.decode(s)).transpose() {
+            Ok(input) => input.unwrap_or_default(),
+            Err(e) => {
+                self.ssh = Some(ssh);
+                return self.error(id, ErrorKind::Protocol, format!("stdin is not base64: {e}"));
+            }
+        };
         let mut io_error = None;
         let out = &mut self.out;
-        let result = ssh.exec(command, |stream, data| {
+        let result = ssh.exec_with_input(command, &input, |stream, data| {
             if io_error.is_some() {
                 return;
             }

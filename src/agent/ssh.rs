@@ -205,12 +205,28 @@ impl GuestSsh {
     pub fn exec(
         &mut self,
         command: &str,
+        on_output: impl FnMut(OutputStream, &[u8]),
+    ) -> Result<ExitInfo, SshError> {
+        self.exec_with_input(command, &[], on_output)
+    }
+
+    /// Like [`GuestSsh::exec`], feeding `stdin` to the command first.
+    pub fn exec_with_input(
+        &mut self,
+        command: &str,
+        stdin: &[u8],
         mut on_output: impl FnMut(OutputStream, &[u8]),
     ) -> Result<ExitInfo, SshError> {
+        use std::io::Write;
         let err = |e: ssh2::Error| SshError::Exec(e.message().to_string());
         self.session.set_blocking(true);
         let mut channel = self.session.channel_session().map_err(err)?;
         channel.exec(command).map_err(err)?;
+        if !stdin.is_empty() {
+            channel
+                .write_all(stdin)
+                .map_err(|e| SshError::Exec(format!("cannot send input: {e}")))?;
+        }
         channel.send_eof().map_err(err)?;
         self.session.set_blocking(false);
         let mut buf = vec![0u8; 32 * 1024];

@@ -29,7 +29,9 @@ pub struct Manifest {
     pub device_argv: Vec<String>,
     pub memory_bytes: u64,
     pub disk: DiskEntry,
-    pub state: StateSummary,
+    /// The memory snapshot; absent for a generation that only boots cold.
+    #[serde(default)]
+    pub state: Option<StateSummary>,
     /// sha256 of the normalized config the image was made from.
     pub config_fingerprint: String,
     pub cygwin_packages: Vec<String>,

@@ -1,0 +1,271 @@
+//! What differs between a Windows guest and the linux-standin lives here,
+//! and only here: devices, shell wrapper, share mapping, clock, shutdown,
+//! install status and log locations. Every orchestration phase is the same
+//! code for both.
+
+use std::net::Ipv4Addr;
+
+use crate::config::{Config, GuestOsKind};
+use crate::vm::qemu::{DiskBus, Machine, NicModel};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestOs {
+    Windows,
+    Standin,
+}
+
+/// A guest command line, shell-quoted for POSIX sh and bash.
+pub fn quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+pub fn quote_argv(argv: &[String]) -> String {
+    argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+}
+
+/// A command for the guest, with what to feed its stdin (secrets go there,
+/// never on a command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestCommand {
+    pub command: String,
+    pub stdin: Option<String>,
+}
+
+/// The Cygwin helper that re-establishes the share mappings in an SSH
+/// logon session (key logons carry no network credentials on Windows).
+const WINDOWS_SHARES_HELPER: &str = "/usr/local/bin/cygvm-shares";
+
+impl GuestOs {
+    pub fn from_config(config: &Config) -> Self {
+        match config.guest.os {
+            GuestOsKind::Windows => GuestOs::Windows,
+            GuestOsKind::LinuxStandin => GuestOs::Standin,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestOs::Windows => "Windows",
+            GuestOs::Standin => "linux-standin",
+        }
+    }
+
+    /// Windows gets devices it has drivers for out of the box; the stand-in
+    /// takes the faster virtio ones.
+    pub fn machine(self) -> Machine {
+        match self {
+            GuestOs::Windows => Machine::Q35,
+            GuestOs::Standin => Machine::Pc,
+        }
+    }
+
+    pub fn nic_model(self) -> NicModel {
+        match self {
+            GuestOs::Windows => NicModel::E1000,
+            GuestOs::Standin => NicModel::VirtioNet,
+        }
+    }
+
+    pub fn disk_bus(self) -> DiskBus {
+        match self {
+            GuestOs::Windows => DiskBus::Ide,
+            GuestOs::Standin => DiskBus::VirtioBlk,
+        }
+    }
+
+    /// Wraps a user's argv so it runs in the guest's shell in `/outputs`,
+    /// with the shares reachable.
+    pub fn shell_command(self, argv: &[String]) -> String {
+        let run = format!("cd /outputs && exec {}", quote_argv(argv));
+        match self {
+            GuestOs::Standin => run,
+            GuestOs::Windows => format!(
+                "exec bash -l -c {}",
+                quote(&format!("{WINDOWS_SHARES_HELPER} >/dev/null 2>&1; {run}"))
+            ),
+        }
+    }
+
+    /// Maps the controller's shares at /inputs (read-only) and /outputs.
+    pub fn mount_shares(self, controller: Ipv4Addr, user: &str, password: &str) -> GuestCommand {
+        match self {
+            GuestOs::Standin => GuestCommand {
+                command: "cygvm-mount-shares".into(),
+                stdin: Some(format!("username={user}\npassword={password}\n")),
+            },
+            GuestOs::Windows => GuestCommand {
+                command: format!(
+                    "exec bash -l -c {}",
+                    quote(&windows_share_script(controller, user))
+                ),
+                stdin: Some(format!("{password}\n")),
+            },
+        }
+    }
+
+    /// Sets the guest clock to `unix_secs` (UTC).
+    pub fn set_clock(self, unix_secs: u64) -> String {
+        match self {
+            GuestOs::Standin => format!("date -u -s @{unix_secs} >/dev/null"),
+            GuestOs::Windows => format!(
+                "powershell -NoProfile -NonInteractive -Command \
+                 \"Set-Date -Date ([DateTimeOffset]::FromUnixTimeSeconds({unix_secs}).LocalDateTime) | Out-Null\""
+            ),
+        }
+    }
+
+    /// Powers the guest off cleanly; the SSH connection drops with it.
+    pub fn poweroff(self) -> String {
+        match self {
+            GuestOs::Standin => "sync; (sleep 1; poweroff -f) >/dev/null 2>&1 &".into(),
+            GuestOs::Windows => "shutdown /s /t 2 /f".into(),
+        }
+    }
+
+    /// Prints the install's status line: `ok` or `failed: <step>`.
+    pub fn install_status(self) -> String {
+        match self {
+            GuestOs::Standin => "cat /disk/cygvm/status".into(),
+            GuestOs::Windows => "cat /cygdrive/c/cygvm/status.txt".into(),
+        }
+    }
+
+    /// Where the guest keeps its install logs, for error messages.
+    pub fn log_locations(self) -> &'static str {
+        match self {
+            GuestOs::Standin => {
+                "the guest's serial log, and /disk/cygvm/install.log and status on its disk"
+            }
+            GuestOs::Windows => {
+                r"the guest's C:\cygvm\status.txt and install.log, C:\cygvm\setup.log.full (Cygwin setup), and C:\Windows\Panther\setupact.log (Windows Setup)"
+            }
+        }
+    }
+
+    /// The kernel command line of the stand-in for a phase.
+    pub fn standin_append(phase: StandinPhase) -> String {
+        let phase = match phase {
+            StandinPhase::Install => "install",
+            StandinPhase::Boot => "boot",
+        };
+        format!("console=ttyS0 quiet cygvm.phase={phase}")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandinPhase {
+    Install,
+    Boot,
+}
+
+/// Cygwin script (password on stdin) that maps both shares persistently,
+/// keeps them from idling out, mounts them at /inputs and /outputs, and
+/// installs the helper later SSH sessions call to reconnect.
+fn windows_share_script(controller: Ipv4Addr, user: &str) -> String {
+    let user = quote(user);
+    format!(
+        r#"set -e
+IFS= read -r pw
+umask 077
+mkdir -p ~/.cygvm
+printf '%s' "$pw" > ~/.cygvm/samba_password
+cat > {helper} <<'CYGVM_HELPER'
+#!/bin/bash
+# Maps the cygvm shares in this logon session when they are not reachable.
+ls /inputs/ >/dev/null 2>&1 && exit 0
+pw=$(cat ~/.cygvm/samba_password)
+for s in inputs outputs; do
+  net use "\\\\{controller}\\$s" "$pw" /user:{user} /persistent:yes >/dev/null 2>&1 || true
+done
+CYGVM_HELPER
+chmod 755 {helper}
+for s in inputs outputs; do
+  net use "\\\\{controller}\\$s" /delete /y >/dev/null 2>&1 || true
+  net use "\\\\{controller}\\$s" "$pw" /user:{user} /persistent:yes
+done
+net config server /autodisconnect:-1 >/dev/null
+for s in inputs outputs; do
+  mkdir -p "/$s"
+  grep -q " /$s " /etc/fstab || echo "//{controller}/$s /$s ntfs binary,noacl,posix=0 0 0" >> /etc/fstab
+done
+mount -a
+ls /inputs/ >/dev/null
+"#,
+        helper = WINDOWS_SHARES_HELPER,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        let argv: Vec<String> = ["sh", "-c", "echo 'hi' > /outputs/x; exit 3", ""]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let quoted = quote_argv(&argv);
+        assert_eq!(quoted, r#"sh -c 'echo '\''hi'\'' > /outputs/x; exit 3' ''"#);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s|' {quoted}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "sh|-c|echo 'hi' > /outputs/x; exit 3||"
+        );
+    }
+
+    #[test]
+    fn commands_start_in_outputs() {
+        let argv = vec!["make".to_string(), "all".to_string()];
+        assert_eq!(
+            GuestOs::Standin.shell_command(&argv),
+            "cd /outputs && exec make all"
+        );
+        let win = GuestOs::Windows.shell_command(&argv);
+        assert!(win.starts_with("exec bash -l -c '"), "{win}");
+        assert!(win.contains("cd /outputs && exec make all"), "{win}");
+    }
+
+    #[test]
+    fn share_passwords_travel_on_stdin() {
+        for os in [GuestOs::Standin, GuestOs::Windows] {
+            let c = os.mount_shares(Ipv4Addr::new(192, 168, 0, 2), "cygvm", "s3cret");
+            assert!(!c.command.contains("s3cret"), "{os:?}: {}", c.command);
+            assert!(c.stdin.unwrap().contains("s3cret"));
+        }
+        let win = GuestOs::Windows.mount_shares(Ipv4Addr::new(192, 168, 0, 2), "cygvm", "x");
+        assert!(
+            win.command.contains(r"\\\\192.168.0.2\\$s"),
+            "{}",
+            win.command
+        );
+        assert!(win.command.contains("/persistent:yes"));
+        assert!(win.command.contains("/autodisconnect:-1"));
+    }
+
+    #[test]
+    fn the_windows_share_script_is_valid_bash() {
+        let script = windows_share_script(Ipv4Addr::new(192, 168, 0, 2), "cygvm");
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
