@@ -38,6 +38,8 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(default)]
     pub provision: ProvisionConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
     /// Directory of the config file; relative paths in it are taken from here.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -122,6 +124,9 @@ pub struct GuestConfig {
     pub admin_user: UserName,
     /// Generated per image and kept in the image's secrets when absent.
     pub admin_password: Option<NonEmpty>,
+    /// Extra kernel command-line arguments for the linux-standin guest.
+    #[serde(default)]
+    pub kernel_args: Vec<KernelArg>,
 }
 
 impl Default for GuestConfig {
@@ -142,6 +147,7 @@ impl Default for GuestConfig {
             computer_name: default_computer_name(),
             admin_user: default_admin_user(),
             admin_password: None,
+            kernel_args: Vec::new(),
         }
     }
 }
@@ -387,6 +393,86 @@ fn default_controller_addr() -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 0, 2)
 }
 
+/// Deadlines of the install phases; unset ones depend on the guest OS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// From the guest's first boot to its own power-off after installing.
+    pub install: Option<Duration>,
+    /// From starting the guest to SSH answering.
+    pub boot: Option<Duration>,
+}
+
+impl Config {
+    /// The install deadline: configured, or 90 min for Windows, 5 min for the stand-in.
+    pub fn install_timeout(&self) -> std::time::Duration {
+        self.timeouts
+            .install
+            .map(|d| d.0)
+            .unwrap_or(match self.guest.os {
+                GuestOsKind::Windows => std::time::Duration::from_secs(90 * 60),
+                GuestOsKind::LinuxStandin => std::time::Duration::from_secs(5 * 60),
+            })
+    }
+
+    /// The boot deadline: configured, or 15 min for Windows, 5 min for the stand-in.
+    pub fn boot_timeout(&self) -> std::time::Duration {
+        self.timeouts
+            .boot
+            .map(|d| d.0)
+            .unwrap_or(match self.guest.os {
+                GuestOsKind::Windows => std::time::Duration::from_secs(15 * 60),
+                GuestOsKind::LinuxStandin => std::time::Duration::from_secs(5 * 60),
+            })
+    }
+}
+
+/// A duration written as `90m`, `15m`, `300s` or `2h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub std::time::Duration);
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("duration {s:?} must be a number with a unit: s, m or h"))?;
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            _ => return Err(format!("duration {s:?} needs a unit: s, m or h")),
+        };
+        if secs == 0 {
+            return Err(format!("duration {s:?} must be greater than zero"));
+        }
+        Ok(Self(std::time::Duration::from_secs(secs)))
+    }
+}
+
+/// One kernel command-line word: no spaces, quotes or control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelArg(pub String);
+
+impl FromStr for KernelArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty()
+            || s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+        {
+            Err(format!(
+                "kernel argument {s:?} must be one word without spaces or quotes"
+            ))
+        } else {
+            Ok(Self(s.to_string()))
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisionConfig {
@@ -420,7 +506,9 @@ deserialize_from_str!(
     ProductKey,
     PackageName,
     WindowsPath,
-    Ipv4Cidr
+    Ipv4Cidr,
+    Duration,
+    KernelArg
 );
 
 /// A size in bytes, written as `4G`, `512M`, `40GiB` or a plain number of bytes.
@@ -1021,6 +1109,22 @@ commands = []
         for v in WindowsVersion::ALL {
             assert_eq!(v.config_name().parse::<WindowsVersion>().unwrap(), v);
         }
+    }
+
+    #[test]
+    fn timeouts_default_by_guest_os() {
+        let c = parse("[image]\nname = \"x\"\n").unwrap();
+        assert_eq!(c.install_timeout().as_secs(), 90 * 60);
+        assert_eq!(c.boot_timeout().as_secs(), 15 * 60);
+        let c = parse(
+            "[image]\nname = \"x\"\n[guest]\nos = \"linux-standin\"\n[timeouts]\nboot = \"20s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.install_timeout().as_secs(), 5 * 60);
+        assert_eq!(c.boot_timeout().as_secs(), 20);
+        let e = err("[image]\nname = \"x\"\n[timeouts]\ninstall = \"90\"\n");
+        assert!(e.starts_with("cygvm.toml:4:"), "{e}");
+        assert!(e.contains("needs a unit"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod guest;
 pub mod image;
 pub mod media;
+pub mod phases;
 pub mod secrets;
 pub mod snapshot;
 pub mod vm;

@@ -1,9 +1,12 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    cygvm::cli::init_logging();
     match cygvm::cli::run() {
         Ok(code) => code,
+        Err(err) if err.downcast_ref::<cygvm::phases::Interrupted>().is_some() => {
+            eprintln!("cygvm: {err}");
+            ExitCode::from(cygvm::phases::INTERRUPTED_EXIT)
+        }
         Err(err) => {
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {

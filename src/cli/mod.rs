@@ -41,6 +41,16 @@ pub enum Command {
     /// Work with Cygwin package indexes and mirrors.
     #[command(subcommand)]
     Cygwin(CygwinCommand),
+    /// Make an image: media, unattended install, boot, SSH, shares, provision.
+    #[command(
+        after_help = "Examples:\n  cygvm install --config cygvm.toml\n  cygvm install --config examples/standin/cygvm.toml --keep-failed"
+    )]
+    Install(InstallArgs),
+    /// Run one command in a throwaway instance of an image.
+    #[command(
+        after_help = "Examples:\n  cygvm run --cold --image images/cygwin-build -- make -C /inputs\n  cygvm run --cold --image images/standin --input src --output out -- sh -c 'cp /inputs/* . && make'\n\nThe command runs in the guest's shell (Cygwin bash -l on Windows, sh on the\nstand-in) in /outputs, with the input directory at /inputs (read-only).\ncygvm exits with the command's exit status."
+    )]
+    Run(RunArgs),
     /// Write the install media: floppy.img, cygwin.iso, the answer file and a manifest.
     #[command(after_help = "Example:\n  cygvm media --config cygvm.toml --out media")]
     Media(MediaArgs),
@@ -75,6 +85,38 @@ impl ConfigArg {
             )
         })
     }
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Keep the run directory (logs, serial consoles) when the install fails.
+    #[arg(long)]
+    pub keep_failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The image directory (images/<name>).
+    #[arg(long, value_name = "DIR")]
+    pub image: PathBuf,
+    /// Boot the image's disk instead of reviving a snapshot.
+    #[arg(long)]
+    pub cold: bool,
+    /// Host directory the guest sees read-only at /inputs.
+    #[arg(long, value_name = "DIR")]
+    pub input: Option<PathBuf>,
+    /// Host directory the guest writes to at /outputs (created if missing;
+    /// without it the outputs are discarded).
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Keep the run directory (logs, serial consoles) when the run fails.
+    #[arg(long)]
+    pub keep_failed: bool,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -142,10 +184,10 @@ pub struct MediaArgs {
     pub json: bool,
 }
 
-/// Logs go to stderr; RUST_LOG selects the level (default: info).
-pub fn init_logging() {
+/// Logs go to stderr; RUST_LOG selects the level (default: `default`).
+pub fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -156,10 +198,37 @@ pub fn init_logging() {
 
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
+    // A run's stderr belongs to the guest command: only warnings from cygvm.
+    init_logging(match cli.command {
+        Command::Run(_) => "warn",
+        _ => "info",
+    });
     match cli.command {
         Command::Doctor(args) => crate::doctor::run(args.config.as_deref()),
         Command::Cygwin(CygwinCommand::Resolve(args)) => cygwin_cmd::resolve(&args),
         Command::Cygwin(CygwinCommand::Mirror(args)) => cygwin_cmd::mirror(&args),
+        Command::Install(args) => {
+            let config = args.config.load()?;
+            crate::phases::install::run(
+                &config,
+                &args.config.config,
+                &crate::phases::install::InstallOptions {
+                    keep_failed: args.keep_failed,
+                },
+            )
+        }
+        Command::Run(args) => {
+            if !args.cold {
+                tracing::info!("this image has no snapshot support yet; booting it cold");
+            }
+            crate::phases::run::run(&crate::phases::run::RunOptions {
+                image: args.image,
+                input: args.input,
+                output: args.output,
+                keep_failed: args.keep_failed,
+                command: args.command,
+            })
+        }
         Command::Agent(args) => {
             crate::agent::server::run(&args.port, &args.config)?;
             Ok(ExitCode::SUCCESS)

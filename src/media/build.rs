@@ -214,6 +214,14 @@ pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
     for (path, bytes) in bootstrap::bootstrap_files(&ctx) {
         iso.add_file(&path, FileSource::Bytes(bytes))?;
     }
+    if config.guest.os == GuestOsKind::LinuxStandin {
+        let net = &config.network;
+        let conf = format!(
+            "ADDR={}\nCONTROLLER={}\nUSER={}\n",
+            net.guest, net.controller, config.guest.admin_user.0
+        );
+        iso.add_file("cygvm/standin.conf", FileSource::Bytes(conf.into_bytes()))?;
+    }
     iso.add_file(
         "cygvm/authorized_keys",
         FileSource::Bytes(format!("{}\n", secrets.client_public_key()).into_bytes()),

@@ -1,0 +1,348 @@
+//! `cygvm install`: media → guest-install (the guest installs itself from
+//! the media and powers off) → boot from disk next to a fresh controller →
+//! SSH → shares → provision → clean shutdown → the generation is published.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::config::{Config, Firmware as ConfigFirmware};
+use crate::guest::GuestOs;
+use crate::image::{ImageDir, PendingGeneration};
+use crate::media;
+use crate::phases::instance::{
+    self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, log_report, mount_shares,
+    spawn_controller, start_guest, wait_for_ssh,
+};
+use crate::phases::progress::PhaseProgress;
+use crate::phases::{Identity, runtime, supervise};
+use crate::secrets::ImageSecrets;
+use crate::snapshot::manifest::{DiskEntry, Manifest, rfc3339_utc};
+use crate::vm::qemu::OVMF_VARS_4M;
+use crate::vm::qmp::QmpError;
+use crate::vm::supervisor::Supervisor;
+use crate::vm::vde::VdeSwitch;
+
+/// Generations an install keeps (the new one only: an install starts over).
+const KEEP_GENERATIONS: usize = 2;
+/// How long a clean guest shutdown may take before QEMU is stopped.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    pub keep_failed: bool,
+}
+
+/// What the install job hands back to be written into the manifest.
+struct Installed {
+    identity: Identity,
+}
+
+pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result<ExitCode> {
+    let os = GuestOs::from_config(config);
+    if os == GuestOs::Windows {
+        let iso = config.guest.iso.as_ref().ok_or_else(|| {
+            anyhow!("key `guest.iso` is not set: name the Windows installation ISO to install from")
+        })?;
+        let iso = config.resolve_path(iso);
+        if !iso.is_file() {
+            bail!("key `guest.iso`: {} does not exist", iso.display());
+        }
+    }
+    let art = HostArtifacts::prepare(os)?;
+    let image = ImageDir::new(config.image_dir());
+    let lock = image.lock_exclusive()?;
+
+    tracing::info!(
+        "[media] writing the install media to {}",
+        image.media().display()
+    );
+    let media_manifest = media::build::build(config, &image.media())?;
+    let secrets = ImageSecrets::load_or_create(
+        &image.secrets(),
+        config.guest.admin_password.as_ref().map(|p| p.0.as_str()),
+    )?;
+
+    let pending = image.begin_generation(&lock)?;
+    art.create_disk(&pending.disk(), config.guest.disk.bytes(), None)?;
+    let config_text = std::fs::read(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    crate::fsutil::write_atomic(&pending.dir.join("config.toml"), &config_text, 0o644)?;
+    let uefi_vars = if os == GuestOs::Windows && config.guest.firmware() == ConfigFirmware::Uefi {
+        let vars = pending.dir.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS_4M, &vars).with_context(|| {
+            format!(
+                "cannot copy the UEFI variables template {OVMF_VARS_4M}; install the Debian package ovmf"
+            )
+        })?;
+        Some(vars)
+    } else {
+        None
+    };
+
+    let job = InstallJob {
+        config,
+        os,
+        art: &art,
+        secrets: &secrets,
+        media_dir: image.media(),
+        disk: pending.disk(),
+        uefi_vars,
+        logs: pending.logs(),
+    };
+    let outcome = runtime()?.block_on(supervise(
+        &format!("install-{}", config.image.name),
+        opts.keep_failed,
+        async |sup: &mut Supervisor| job.run(sup).await,
+    ));
+    let installed = match outcome {
+        Ok(i) => i,
+        Err(e) => return Err(failed(e, &pending)),
+    };
+
+    let manifest = Manifest {
+        format_version: crate::snapshot::manifest::FORMAT_VERSION,
+        cygvm_version: env!("CARGO_PKG_VERSION").to_string(),
+        qemu_version: installed.identity.qemu_version,
+        machine: installed.identity.machine,
+        device_argv: installed.identity.device_argv,
+        memory_bytes: config.guest.memory.bytes(),
+        disk: disk_entry(&pending.disk(), config.guest.disk.bytes())?,
+        state: None,
+        config_fingerprint: hex::encode(Sha256::digest(&config_text)),
+        cygwin_packages: media_manifest
+            .cygwin
+            .packages
+            .iter()
+            .map(|p| p.name.clone())
+            .collect(),
+        created: rfc3339_utc(std::time::SystemTime::now()),
+    };
+    manifest.save(&pending.manifest())?;
+    let generation = pending.publish()?;
+    image.prune(KEEP_GENERATIONS, &lock)?;
+    println!(
+        "installed {} ({}): generation {} in {}",
+        config.image.name,
+        os.name(),
+        generation.number,
+        generation.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Keeps the failed attempt's logs next to the image and says where.
+fn failed(e: anyhow::Error, pending: &PendingGeneration) -> anyhow::Error {
+    match pending.keep_logs() {
+        Some(dir) => e.context(format!(
+            "install failed; the attempt's logs are in {}",
+            dir.display()
+        )),
+        None => e.context("install failed"),
+    }
+}
+
+pub fn disk_entry(disk: &Path, virtual_size: u64) -> Result<DiskEntry> {
+    Ok(DiskEntry {
+        size: std::fs::metadata(disk)?.len(),
+        virtual_size,
+        sha256: crate::fsutil::sha256_file(disk)?,
+    })
+}
+
+struct InstallJob<'a> {
+    config: &'a Config,
+    os: GuestOs,
+    art: &'a HostArtifacts,
+    secrets: &'a ImageSecrets,
+    media_dir: PathBuf,
+    disk: PathBuf,
+    uefi_vars: Option<PathBuf>,
+    logs: PathBuf,
+}
+
+impl InstallJob<'_> {
+    fn guest_disk(&self) -> GuestDisk {
+        GuestDisk {
+            disk: self.disk.clone(),
+            uefi_vars: self.uefi_vars.clone(),
+        }
+    }
+
+    async fn run(&self, sup: &mut Supervisor) -> Result<Installed> {
+        let result = self.phases(sup).await;
+        // Whatever happened, the logs go with the generation (or its
+        // failed-attempt directory) before the run dir is removed.
+        let run_dir = sup.run_dir().path().to_path_buf();
+        for name in [
+            "guest.serial.log",
+            "controller.serial.log",
+            "guest.log",
+            "controller.log",
+        ] {
+            let src = run_dir.join(name);
+            if src.exists() {
+                let _ = std::fs::copy(&src, self.logs.join(name));
+            }
+        }
+        result
+    }
+
+    async fn phases(&self, sup: &mut Supervisor) -> Result<Installed> {
+        let (config, os) = (self.config, self.os);
+        let run_dir = sup.run_dir().path().to_path_buf();
+        let switch = VdeSwitch::start(sup, Instant::now() + Duration::from_secs(15)).await?;
+
+        // guest-install: the guest installs itself from the media and
+        // powers off.
+        let install_boot = GuestBoot::Install {
+            floppy: self.media_dir.join(media::build::FLOPPY_NAME),
+            cygwin_iso: self.media_dir.join(media::build::ISO_NAME),
+            windows_iso: config.guest.iso.as_ref().map(|p| config.resolve_path(p)),
+        };
+        let spec = instance::guest_spec(
+            config,
+            os,
+            self.art,
+            &run_dir,
+            &switch.dir,
+            &self.guest_disk(),
+            &install_boot,
+        )?;
+        let timeout = config.install_timeout();
+        let progress =
+            PhaseProgress::start("guest-install", run_dir.join("guest.serial.log"), false);
+        let guest = start_guest(sup, self.art, &spec).await?;
+        match guest
+            .qmp
+            .wait_event("SHUTDOWN", Instant::now() + timeout)
+            .await
+        {
+            Ok(_) | Err(QmpError::Disconnected { .. }) => {}
+            Err(QmpError::EventTimeout { .. }) => bail!(
+                "phase guest-install: the guest did not power off within the {} s deadline \
+                 (key timeouts.install); guest logs: {}{}",
+                timeout.as_secs(),
+                os.log_locations(),
+                log_report(&run_dir)
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        sup.wait_exit(guest.child, Instant::now() + Duration::from_secs(30))
+            .await
+            .context("the guest did not exit after powering off")?;
+        let serial = std::fs::read_to_string(run_dir.join("guest.serial.log")).unwrap_or_default();
+        if let Some(line) = serial.lines().find(|l| l.contains("install failed")) {
+            bail!(
+                "phase guest-install: {}{}",
+                line.trim(),
+                log_report(&run_dir)
+            );
+        }
+        tracing::info!(
+            "[guest-install] the guest installed and powered off after {:.0} s",
+            progress.elapsed().as_secs_f64()
+        );
+        drop(progress);
+        std::fs::rename(
+            run_dir.join("guest.serial.log"),
+            run_dir.join("guest-install.serial.log"),
+        )
+        .ok();
+        if let Ok(text) = std::fs::read(run_dir.join("guest-install.serial.log")) {
+            let _ = std::fs::write(self.logs.join("guest-install.serial.log"), text);
+        }
+
+        // boot: from disk, next to a fresh controller.
+        let shares = ShareDirs {
+            inputs: run_dir.join("inputs"),
+            outputs: run_dir.join("outputs"),
+        };
+        std::fs::create_dir_all(&shares.inputs)?;
+        std::fs::create_dir_all(&shares.outputs)?;
+        let progress = PhaseProgress::start("boot", run_dir.join("guest.serial.log"), false);
+        // The controller and the guest boot side by side.
+        let starting =
+            spawn_controller(sup, config, self.art, self.secrets, &switch, &shares).await?;
+        let spec = instance::guest_spec(
+            config,
+            os,
+            self.art,
+            &run_dir,
+            &switch.dir,
+            &self.guest_disk(),
+            &GuestBoot::Disk,
+        )?;
+        let guest = start_guest(sup, self.art, &spec).await?;
+        let mut ctrl = starting.connect().await?;
+        wait_for_ssh(&mut ctrl.agent, os, "boot", config.boot_timeout(), &run_dir).await?;
+        drop(progress);
+        let identity = Identity::query(&guest, &spec).await?;
+
+        let status = ctrl
+            .agent
+            .exec_checked(&os.install_status(), None)
+            .await
+            .context("cannot read the guest's install status")?;
+        let status = String::from_utf8_lossy(&status).trim().to_string();
+        if status != "ok" {
+            bail!(
+                "phase boot: the guest reports its install as {status:?}; see {}",
+                os.log_locations()
+            );
+        }
+        mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
+
+        for (n, command) in config.provision.commands.iter().enumerate() {
+            tracing::info!(
+                "[provision] {}/{}: {command}",
+                n + 1,
+                config.provision.commands.len()
+            );
+            let argv = ["sh".to_string(), "-c".to_string(), command.clone()];
+            let wrapped = os.shell_command(&argv);
+            let exit = ctrl
+                .agent
+                .exec(&wrapped, &mut tokio::io::stderr(), &mut tokio::io::stderr())
+                .await?;
+            if exit.exit_code() != 0 {
+                bail!(
+                    "phase provision: command {} of key provision.commands ({command:?}) ended with {}",
+                    n + 1,
+                    exit.exit_code()
+                );
+            }
+        }
+
+        // shutdown: the guest powers itself off; the disk is then complete.
+        let _ = ctrl
+            .agent
+            .exec(
+                &os.poweroff(),
+                &mut tokio::io::sink(),
+                &mut tokio::io::sink(),
+            )
+            .await;
+        match guest
+            .qmp
+            .wait_event("SHUTDOWN", Instant::now() + SHUTDOWN_DEADLINE)
+            .await
+        {
+            Ok(_) | Err(QmpError::Disconnected { .. }) => {}
+            Err(e) => bail!(
+                "phase shutdown: the guest did not power off within {} s: {e}{}",
+                SHUTDOWN_DEADLINE.as_secs(),
+                log_report(&run_dir)
+            ),
+        }
+        sup.wait_exit(guest.child, Instant::now() + Duration::from_secs(30))
+            .await
+            .context("the guest did not exit after powering off")?;
+        let _ = ctrl.agent.shutdown().await;
+        Ok(Installed { identity })
+    }
+}

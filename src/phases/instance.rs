@@ -1,0 +1,475 @@
+//! One instance: the private switch, the controller VM and the guest VM,
+//! as install, run and refresh all start them.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::time::Instant;
+
+use crate::agent::client::AgentClient;
+use crate::agent::protocol::AgentConfig;
+use crate::config::{Config, Firmware as ConfigFirmware};
+use crate::controller::{self, HostParts};
+use crate::fsutil::write_atomic;
+use crate::guest::{GuestOs, StandinPhase};
+use crate::secrets::ImageSecrets;
+use crate::vm::accel::{self, Accel};
+use crate::vm::host_tools::{self, HostProgram};
+use crate::vm::qemu::{
+    DirectBoot, Disk, DiskFormat, Firmware, Nic, OVMF_CODE_4M, SerialPort, Share, VmSpec,
+};
+use crate::vm::rundir::log_tail;
+use crate::vm::supervisor::{Supervisor, Vm};
+use crate::vm::vde::VdeSwitch;
+
+pub const GUEST_MAC: &str = "52:54:00:12:01:01";
+pub const CONTROLLER_MAC: &str = "52:54:00:12:01:02";
+const CONTROLLER_MEMORY_MIB: u64 = 512;
+/// How long QEMU may take to start listening on QMP.
+const QMP_DEADLINE: Duration = Duration::from_secs(30);
+/// The controller is ready in 5-13 s under TCG; leave room for a loaded host.
+const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
+const TAIL: usize = 15;
+
+/// Everything from the host an instance is made of, found and built once
+/// per cygvm process.
+#[derive(Debug, Clone)]
+pub struct HostArtifacts {
+    pub qemu: PathBuf,
+    pub qemu_img: PathBuf,
+    pub accel: Accel,
+    /// The uncompressed kernel both Linux VMs boot (PVH boot is faster
+    /// under TCG than unpacking the bzImage).
+    pub kernel: PathBuf,
+    pub controller_initrd: PathBuf,
+    pub standin_initrd: Option<PathBuf>,
+}
+
+fn require(program: HostProgram) -> Result<PathBuf> {
+    program.find().ok_or_else(|| {
+        anyhow!(
+            "{} is not installed; install the Debian package {} (or run bash scripts/install-deps), then check with `cygvm doctor`",
+            program.name,
+            program.package
+        )
+    })
+}
+
+impl HostArtifacts {
+    /// Finds the programs and builds (or takes from the cache) the initrds.
+    /// Fails before anything starts, naming the missing package.
+    pub fn prepare(os: GuestOs) -> Result<Self> {
+        let qemu = require(host_tools::QEMU_SYSTEM)?;
+        let qemu_img = require(host_tools::QEMU_IMG)?;
+        require(host_tools::VDE_SWITCH)?;
+        let (accel, why) = accel::choose();
+        match accel {
+            Accel::Kvm => tracing::info!("{why}"),
+            Accel::Tcg => tracing::warn!("{why}"),
+        }
+        let started = std::time::Instant::now();
+        let parts = HostParts::from_host().context("cannot assemble the controller VM")?;
+        let cache = controller::initrd::default_cache_dir();
+        let kernel = controller::kernel::pvh_kernel(&parts.kernel, &cache)
+            .context("cannot prepare the controller kernel")?;
+        let agent = agent_binary(&cache)?;
+        let controller_initrd = controller::controller_initrd(&parts, Some(&agent))?
+            .build_cached(&cache)
+            .context("cannot build the controller initrd")?
+            .path;
+        drop(agent);
+        let standin_initrd = match os {
+            GuestOs::Standin => Some(
+                controller::standin_initrd(&parts)?
+                    .build_cached(&cache)
+                    .context("cannot build the linux-standin initrd")?
+                    .path,
+            ),
+            GuestOs::Windows => None,
+        };
+        tracing::debug!(
+            "host artifacts ready in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Self {
+            qemu,
+            qemu_img,
+            accel,
+            kernel,
+            controller_initrd,
+            standin_initrd,
+        })
+    }
+
+    /// `qemu-img create`: a new disk, or an overlay over `backing`.
+    pub fn create_disk(&self, path: &Path, size: u64, backing: Option<&Path>) -> Result<()> {
+        let mut cmd = std::process::Command::new(&self.qemu_img);
+        cmd.args(["create", "-q", "-f", "qcow2"]);
+        if let Some(b) = backing {
+            let b = std::path::absolute(b)?;
+            cmd.args(["-F", "qcow2", "-b"]).arg(b);
+        }
+        cmd.arg(path);
+        if backing.is_none() {
+            cmd.arg(size.to_string());
+        }
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run {}", self.qemu_img.display()))?;
+        if !out.status.success() {
+            bail!(
+                "qemu-img could not create {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// cygvm's own binary for the controller, without debug info (an
+/// unoptimized build is ~100 MiB with it, more than the initrd's tmpfs
+/// holds). A temporary file, so concurrent runs do not share it.
+fn agent_binary(cache: &Path) -> Result<tempfile::TempPath> {
+    let exe = std::env::current_exe().context("cannot find cygvm's own binary")?;
+    std::fs::create_dir_all(cache)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".agent-")
+        .tempfile_in(cache)?
+        .into_temp_path();
+    let stripped = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&*tmp)
+        .arg(&exe)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !stripped {
+        tracing::warn!(
+            "strip (package binutils) failed; the controller gets cygvm with its debug info"
+        );
+        std::fs::copy(&exe, &tmp)?;
+    }
+    Ok(tmp)
+}
+
+/// Host directories the controller serves to the guest.
+#[derive(Debug, Clone)]
+pub struct ShareDirs {
+    pub inputs: PathBuf,
+    pub outputs: PathBuf,
+}
+
+/// The guest's writable state: its disk (base or overlay) and, for UEFI,
+/// its own copy of the firmware variables.
+#[derive(Debug, Clone)]
+pub struct GuestDisk {
+    pub disk: PathBuf,
+    pub uefi_vars: Option<PathBuf>,
+}
+
+/// How the guest boots.
+#[derive(Debug, Clone)]
+pub enum GuestBoot {
+    /// From the install media (floppy, Windows ISO, Cygwin ISO).
+    Install {
+        floppy: PathBuf,
+        cygwin_iso: PathBuf,
+        windows_iso: Option<PathBuf>,
+    },
+    /// From its disk.
+    Disk,
+}
+
+/// The guest's QEMU spec. The device set depends only on the config and
+/// the boot mode, so a revive can rebuild it identically.
+pub fn guest_spec(
+    config: &Config,
+    os: GuestOs,
+    art: &HostArtifacts,
+    run_dir: &Path,
+    switch: &Path,
+    disk: &GuestDisk,
+    boot: &GuestBoot,
+) -> Result<VmSpec> {
+    let mut spec = VmSpec::new("guest", os.machine(), art.accel, &run_dir.join("guest.qmp"));
+    spec.memory_mib = config.guest.memory.mib();
+    spec.cpus = config.guest.cpus.0;
+    spec.serial_log = Some(run_dir.join("guest.serial.log"));
+    spec.no_reboot = matches!(boot, GuestBoot::Install { .. });
+    spec.disks.push(Disk {
+        path: disk.disk.clone(),
+        format: DiskFormat::Qcow2,
+        bus: os.disk_bus(),
+        read_only: false,
+    });
+    spec.nics.push(Nic {
+        model: os.nic_model(),
+        mac: GUEST_MAC.into(),
+        switch: switch.to_path_buf(),
+    });
+    if let GuestBoot::Install {
+        floppy,
+        cygwin_iso,
+        windows_iso,
+    } = boot
+    {
+        spec.floppy = Some(floppy.clone());
+        if let Some(w) = windows_iso {
+            spec.cdroms.push(w.clone());
+        }
+        spec.cdroms.push(cygwin_iso.clone());
+    }
+    match os {
+        GuestOs::Standin => {
+            let initrd = art
+                .standin_initrd
+                .clone()
+                .ok_or_else(|| anyhow!("the linux-standin initrd was not built"))?;
+            let phase = match boot {
+                GuestBoot::Install { .. } => StandinPhase::Install,
+                GuestBoot::Disk => StandinPhase::Boot,
+            };
+            let mut append = GuestOs::standin_append(phase);
+            for arg in &config.guest.kernel_args {
+                append.push(' ');
+                append.push_str(&arg.0);
+            }
+            spec.direct_boot = Some(DirectBoot {
+                kernel: art.kernel.clone(),
+                initrd: Some(initrd),
+                append,
+            });
+        }
+        GuestOs::Windows => {
+            spec.vga = true;
+            if config.guest.firmware() == ConfigFirmware::Uefi {
+                let vars = disk
+                    .uefi_vars
+                    .clone()
+                    .ok_or_else(|| anyhow!("a UEFI guest needs its own OVMF variables file"))?;
+                spec.firmware = Firmware::Uefi {
+                    code: PathBuf::from(OVMF_CODE_4M),
+                    vars,
+                };
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// The controller's QEMU spec.
+fn controller_spec(
+    config: &Config,
+    art: &HostArtifacts,
+    run_dir: &Path,
+    switch: &Path,
+    shares: &ShareDirs,
+    control: &Path,
+) -> VmSpec {
+    let net = &config.network;
+    let mut spec = VmSpec::new(
+        "controller",
+        crate::vm::qemu::Machine::Pc,
+        art.accel,
+        &run_dir.join("controller.qmp"),
+    );
+    spec.memory_mib = CONTROLLER_MEMORY_MIB;
+    spec.cpus = 1;
+    spec.serial_log = Some(run_dir.join("controller.serial.log"));
+    spec.direct_boot = Some(DirectBoot {
+        kernel: art.kernel.clone(),
+        initrd: Some(art.controller_initrd.clone()),
+        append: format!(
+            "console=ttyS0 quiet cygvm.addr={}/{} cygvm.guest={} cygvm.user={}",
+            net.controller, net.guest.prefix, net.guest.addr, config.guest.admin_user.0
+        ),
+    });
+    spec.nics.push(Nic {
+        model: crate::vm::qemu::NicModel::VirtioNet,
+        mac: CONTROLLER_MAC.into(),
+        switch: switch.to_path_buf(),
+    });
+    spec.serial_ports.push(SerialPort {
+        name: controller::AGENT_PORT.into(),
+        socket: run_dir.join("agent.sock"),
+    });
+    spec.shares = vec![
+        Share {
+            tag: "inputs".into(),
+            path: shares.inputs.clone(),
+            read_only: true,
+        },
+        Share {
+            tag: "outputs".into(),
+            path: shares.outputs.clone(),
+            read_only: false,
+        },
+        Share {
+            tag: "control".into(),
+            path: control.to_path_buf(),
+            read_only: true,
+        },
+    ];
+    spec
+}
+
+/// A controller VM whose agent is not connected yet: the guest can start
+/// booting meanwhile.
+pub struct ControllerStarting {
+    pub vm: Vm,
+    pub serial_log: PathBuf,
+    agent_socket: PathBuf,
+}
+
+/// A started controller with its agent connection.
+pub struct Controller {
+    pub vm: Vm,
+    pub agent: AgentClient,
+    pub serial_log: PathBuf,
+}
+
+/// Starts the controller VM: control files on its 9p share, then QEMU.
+pub async fn spawn_controller(
+    sup: &mut Supervisor,
+    config: &Config,
+    art: &HostArtifacts,
+    secrets: &ImageSecrets,
+    switch: &VdeSwitch,
+    shares: &ShareDirs,
+) -> Result<ControllerStarting> {
+    let run_dir = sup.run_dir().path().to_path_buf();
+    let control = run_dir.join("control");
+    std::fs::create_dir_all(&control)?;
+    write_atomic(
+        &control.join(controller::CONTROL_SAMBA_PASSWORD),
+        secrets.samba_password.as_bytes(),
+        0o600,
+    )?;
+    let agent_config = AgentConfig {
+        guest: format!("{}:22", config.network.guest.addr),
+        user: config.guest.admin_user.0.clone(),
+        client_key: secrets
+            .client_key
+            .to_openssh(ssh_key::LineEnding::LF)
+            .map_err(|e| anyhow!("cannot encode the client key: {e}"))?
+            .to_string(),
+        host_key: secrets.host_public_key(),
+    };
+    write_atomic(
+        &control.join("agent.json"),
+        &serde_json::to_vec(&agent_config)?,
+        0o600,
+    )?;
+    let spec = controller_spec(config, art, &run_dir, &switch.dir, shares, &control);
+    let vm = sup
+        .spawn_qemu(&art.qemu, &spec, Instant::now() + QMP_DEADLINE)
+        .await
+        .context("cannot start the controller VM")?;
+    Ok(ControllerStarting {
+        vm,
+        serial_log: run_dir.join("controller.serial.log"),
+        agent_socket: run_dir.join("agent.sock"),
+    })
+}
+
+impl ControllerStarting {
+    /// Waits for the controller's agent to answer.
+    pub async fn connect(self) -> Result<Controller> {
+        let agent = AgentClient::connect(&self.agent_socket, Instant::now() + CONTROLLER_DEADLINE)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "the controller VM did not get ready: {e}\n--- controller serial log ({}) ---\n{}",
+                    self.serial_log.display(),
+                    log_tail(&self.serial_log, TAIL)
+                )
+            })?;
+        tracing::info!("controller ready ({})", agent.agent);
+        Ok(Controller {
+            vm: self.vm,
+            agent,
+            serial_log: self.serial_log,
+        })
+    }
+}
+
+/// Starts the guest VM.
+pub async fn start_guest(sup: &mut Supervisor, art: &HostArtifacts, spec: &VmSpec) -> Result<Vm> {
+    sup.spawn_qemu(&art.qemu, spec, Instant::now() + QMP_DEADLINE)
+        .await
+        .context("cannot start the guest VM")
+}
+
+/// The last lines of the serial logs, for an error message.
+pub fn log_report(run_dir: &Path) -> String {
+    let mut out = String::new();
+    for (what, name) in [
+        ("guest serial log", "guest.serial.log"),
+        ("controller serial log", "controller.serial.log"),
+    ] {
+        let path = run_dir.join(name);
+        if path.exists() {
+            out.push_str(&format!(
+                "\n--- {what} ({}) ---\n{}",
+                path.display(),
+                log_tail(&path, TAIL).trim_end()
+            ));
+        }
+    }
+    out
+}
+
+/// Waits for SSH through the agent; on failure the error names the phase,
+/// the deadline and the logs.
+pub async fn wait_for_ssh(
+    agent: &mut AgentClient,
+    os: GuestOs,
+    phase: &str,
+    timeout: Duration,
+    run_dir: &Path,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let result = agent
+        .wait_ssh(timeout, |stage, detail| {
+            tracing::info!("[{phase}] waiting for SSH ({stage}): {detail}");
+        })
+        .await;
+    match result {
+        Ok(()) => {
+            tracing::info!(
+                "[{phase}] SSH ready after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Err(e) => Err(anyhow!(
+            "phase {phase}: the guest did not answer SSH within the {} s deadline: {e}\n\
+             (guest logs: {}){}",
+            timeout.as_secs(),
+            os.log_locations(),
+            log_report(run_dir)
+        )),
+    }
+}
+
+/// Maps the shares in the guest and checks them.
+pub async fn mount_shares(
+    agent: &mut AgentClient,
+    config: &Config,
+    os: GuestOs,
+    secrets: &ImageSecrets,
+) -> Result<()> {
+    let cmd = os.mount_shares(
+        config.network.controller,
+        &config.guest.admin_user.0,
+        &secrets.samba_password,
+    );
+    agent
+        .exec_checked(&cmd.command, cmd.stdin.as_deref().map(str::as_bytes))
+        .await
+        .context("cannot map the shares in the guest")?;
+    Ok(())
+}
