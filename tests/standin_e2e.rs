@@ -1,0 +1,380 @@
+//! The whole pipeline through the real components — QEMU (TCG), vde_switch,
+//! the controller VM with smbd and the agent, SSH with a pinned host key —
+//! on the linux-standin guest, driven through the `cygvm` binary as a user
+//! would. Each test runs cygvm with its own XDG_RUNTIME_DIR, so its run
+//! directories (and the processes recorded in them) can be checked.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A directory with a stand-in config whose image lives inside it.
+struct Workspace {
+    dir: tempfile::TempDir,
+    runtime: PathBuf,
+}
+
+impl Workspace {
+    fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = repo().join("examples/standin/mirror");
+        let config = format!(
+            "[image]\nname = \"e2e\"\ndir = \"images\"\n\n[guest]\nos = \"linux-standin\"\n\
+             memory = \"384M\"\ncpus = 1\ndisk = \"1G\"\n{extra}\n[cygwin]\nmirror = \"{}\"\n\
+             packages = [\"openssh\"]\n\n[provision]\ncommands = [\"echo provisioned > ~/provisioned\"]\n",
+            mirror.display()
+        );
+        std::fs::write(dir.path().join("cygvm.toml"), config).unwrap();
+        let runtime = dir.path().join("runtime");
+        std::fs::create_dir(&runtime).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Self { dir, runtime }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn image(&self) -> PathBuf {
+        self.path().join("images/e2e")
+    }
+
+    fn cygvm(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cygvm"));
+        cmd.env("XDG_RUNTIME_DIR", &self.runtime)
+            .env_remove("RUST_LOG")
+            .current_dir(self.path());
+        cmd
+    }
+
+    fn install(&self) -> Output {
+        self.cygvm()
+            .args(["install", "--config", "cygvm.toml"])
+            .output()
+            .unwrap()
+    }
+
+    fn run(&self, extra: &[&str], command: &[&str]) -> Output {
+        self.cygvm()
+            .args(["run", "--cold", "--image"])
+            .arg(self.image())
+            .args(extra)
+            .arg("--")
+            .args(command)
+            .output()
+            .unwrap()
+    }
+
+    /// Run directories still present under this workspace's runtime dir.
+    fn run_dirs(&self) -> Vec<String> {
+        match std::fs::read_dir(self.runtime.join("cygvm")) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Processes whose command line mentions this workspace.
+    fn processes(&self) -> Vec<String> {
+        let needle = self.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle)
+                && (cmdline.contains("qemu-system") || cmdline.contains("vde_switch"))
+            {
+                found.push(format!("{name}: {cmdline}"));
+            }
+        }
+        found
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// VMs under TCG share two cores; tests that boot them take turns, except
+/// the one that runs two at once on purpose.
+fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One installed image shared by the tests that only run commands in it.
+fn shared() -> &'static Workspace {
+    static WS: OnceLock<Workspace> = OnceLock::new();
+    WS.get_or_init(|| {
+        let ws = Workspace::new("");
+        let out = ws.install();
+        assert!(
+            out.status.success(),
+            "install failed:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        ws
+    })
+}
+
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn install_then_run_returns_status_output_and_files() {
+    let _vm = vm_lock();
+    let ws = shared();
+    let generation = ws.image().join("gen-0001");
+    assert!(generation.join("disk.qcow2").is_file());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(generation.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["qemu_version"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .count(),
+        3
+    );
+    assert!(
+        manifest["machine"]
+            .as_str()
+            .unwrap()
+            .starts_with("pc-i440fx")
+    );
+    let disk_before = std::fs::read(generation.join("disk.qcow2")).unwrap();
+
+    let input = ws.path().join("in-dir");
+    let output = ws.path().join("out-dir");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("in"), "hello from the host\n").unwrap();
+    let out = ws.run(
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo hi > /outputs/x; cat /inputs/in; echo to-stderr >&2; cat ~/provisioned; pwd; exit 3",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{}", text(&out.stderr));
+    assert_eq!(stdout, "hello from the host\nprovisioned\n/outputs\n");
+    assert!(text(&out.stderr).contains("to-stderr"));
+    assert_eq!(std::fs::read_to_string(output.join("x")).unwrap(), "hi\n");
+    assert_eq!(
+        std::fs::read(generation.join("disk.qcow2")).unwrap(),
+        disk_before,
+        "a run changed the image's disk"
+    );
+    assert!(
+        ws.run_dirs().is_empty(),
+        "run dirs left: {:?}",
+        ws.run_dirs()
+    );
+    assert!(ws.processes().is_empty(), "{:?}", ws.processes());
+}
+
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn inputs_are_read_only_the_network_is_private_and_samba_wants_a_password() {
+    let _vm = vm_lock();
+    let ws = shared();
+    let input = ws.path().join("ro-in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("keep"), "unchanged").unwrap();
+    let script = r#"
+        if echo x > /inputs/keep 2>/dev/null; then echo inputs-write: allowed; else echo inputs-write: refused; fi
+        if touch /inputs/new 2>/dev/null; then echo inputs-create: allowed; else echo inputs-create: refused; fi
+        echo "routes: $(ip route | tr '\n' ';')"
+        echo "links: $(ip -o link | awk -F': ' '{print $2}' | tr '\n' ' ')"
+        if ping -c 1 -W 2 192.168.0.2 >/dev/null 2>&1; then echo controller: reachable; fi
+        mkdir -p /mnt/anon
+        if mount -t cifs -o vers=3.0,sec=none //192.168.0.2/inputs /mnt/anon 2>/dev/null; then
+            echo anonymous-smb: allowed; umount /mnt/anon
+        else
+            echo anonymous-smb: refused
+        fi
+    "#;
+    let out = ws.run(&["--input", input.to_str().unwrap()], &["sh", "-c", script]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("inputs-write: refused"), "{stdout}");
+    assert!(stdout.contains("inputs-create: refused"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(input.join("keep")).unwrap(),
+        "unchanged"
+    );
+    assert!(!input.join("new").exists());
+    // Only the private subnet, no default route, one NIC: nothing beyond the switch.
+    let routes = stdout.lines().find(|l| l.starts_with("routes:")).unwrap();
+    assert!(!routes.contains("default"), "{routes}");
+    assert!(routes.contains("192.168.0.0/24"), "{routes}");
+    let links = stdout.lines().find(|l| l.starts_with("links:")).unwrap();
+    assert_eq!(
+        links.split_whitespace().count(),
+        3,
+        "lo, eth0 only: {links}"
+    );
+    assert!(stdout.contains("controller: reachable"), "{stdout}");
+    assert!(stdout.contains("anonymous-smb: refused"), "{stdout}");
+}
+
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn two_cold_runs_of_one_image_at_once() {
+    let _vm = vm_lock();
+    let ws = shared();
+    let spawn = |n: u32| {
+        let out_dir = ws.path().join(format!("par-{n}"));
+        ws.cygvm()
+            .args(["run", "--cold", "--image"])
+            .arg(ws.image())
+            .arg("--output")
+            .arg(&out_dir)
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                "echo run-{n} > /outputs/who; echo run-{n}; exit {n}"
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(1), spawn(2));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_eq!(a.status.code(), Some(1), "{}", text(&a.stderr));
+    assert_eq!(b.status.code(), Some(2), "{}", text(&b.stderr));
+    assert_eq!(text(&a.stdout), "run-1\n");
+    assert_eq!(text(&b.stdout), "run-2\n");
+    for n in [1, 2] {
+        let who = std::fs::read_to_string(ws.path().join(format!("par-{n}/who"))).unwrap();
+        assert_eq!(who, format!("run-{n}\n"));
+    }
+    assert!(ws.run_dirs().is_empty(), "{:?}", ws.run_dirs());
+}
+
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn a_guest_with_another_host_key_is_refused() {
+    let _vm = vm_lock();
+    let ws = Workspace::new("");
+    let out = ws.install();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The host's pinned key no longer matches what the guest presents.
+    let key = ws.image().join("secrets/ssh_host_ed25519_key");
+    std::fs::remove_file(&key).unwrap();
+    cygvm::secrets::ImageSecrets::load_or_create(&ws.image().join("secrets"), None).unwrap();
+    let out = ws.run(&[], &["true"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not the pinned"), "{stderr}");
+    assert!(ws.processes().is_empty(), "{:?}", ws.processes());
+}
+
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn a_guest_whose_sshd_never_starts_fails_the_install_in_time() {
+    let _vm = vm_lock();
+    let ws = Workspace::new("kernel_args = [\"cygvm.sshd=off\"]\n[timeouts]\nboot = \"25s\"\n");
+    let started = Instant::now();
+    let out = ws.install();
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("phase boot"), "{stderr}");
+    assert!(stderr.contains("25 s deadline"), "{stderr}");
+    assert!(
+        stderr.contains("sshd not started"),
+        "serial tail missing:\n{stderr}"
+    );
+    assert!(stderr.contains("logs are in"), "{stderr}");
+    // The deadline counts from the boot phase; media, the guest's own
+    // install and the controller come before it.
+    assert!(took < Duration::from_secs(25 + 120), "took {took:?}");
+    assert!(
+        !ws.image().join("current").exists(),
+        "a failed install was published"
+    );
+    assert!(ws.processes().is_empty(), "{:?}", ws.processes());
+    assert!(ws.run_dirs().is_empty(), "{:?}", ws.run_dirs());
+}
+
+/// Starts `cygvm` and sends it SIGINT once `ready` says so.
+fn interrupt(
+    ws: &Workspace,
+    mut cmd: Command,
+    ready: impl Fn(&Workspace, &Path) -> bool,
+) -> Output {
+    let log = ws.path().join(format!("stdout-{}", std::process::id()));
+    let child = cmd
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !ready(ws, &log) {
+        assert!(Instant::now() < deadline, "never got ready to interrupt");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = std::fs::read(&log).unwrap_or_default();
+    Output { stdout, ..out }
+}
+
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn ctrl_c_during_boot_and_during_a_command_leaves_nothing() {
+    let _vm = vm_lock();
+    let ws = shared();
+    // During boot: as soon as the guest's QEMU is up.
+    let mut cmd = ws.cygvm();
+    cmd.args(["run", "--cold", "--image"])
+        .arg(ws.image())
+        .args(["--", "true"]);
+    let out = interrupt(ws, cmd, |ws, _| {
+        ws.run_dirs()
+            .iter()
+            .any(|d| ws.runtime.join("cygvm").join(d).join("guest.qmp").exists())
+    });
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted by SIGINT"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(ws.processes().is_empty(), "{:?}", ws.processes());
+    assert!(ws.run_dirs().is_empty(), "{:?}", ws.run_dirs());
+
+    // During a command: once it has printed its first line.
+    let mut cmd = ws.cygvm();
+    cmd.args(["run", "--cold", "--image"])
+        .arg(ws.image())
+        .args(["--", "sh", "-c", "echo started; sleep 600"]);
+    let out = interrupt(ws, cmd, |_, log| {
+        std::fs::read_to_string(log).is_ok_and(|s| s.contains("started"))
+    });
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(ws.processes().is_empty(), "{:?}", ws.processes());
+    assert!(ws.run_dirs().is_empty(), "{:?}", ws.run_dirs());
+}
