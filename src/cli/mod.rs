@@ -217,18 +217,14 @@ pub fn run() -> Result<ExitCode> {
                 },
             )
         }
-        Command::Run(args) => {
-            if !args.cold {
-                tracing::info!("this image has no snapshot support yet; booting it cold");
-            }
-            crate::phases::run::run(&crate::phases::run::RunOptions {
-                image: args.image,
-                input: args.input,
-                output: args.output,
-                keep_failed: args.keep_failed,
-                command: args.command,
-            })
-        }
+        Command::Run(args) => crate::phases::run::run(&crate::phases::run::RunOptions {
+            image: args.image,
+            input: args.input,
+            output: args.output,
+            keep_failed: args.keep_failed,
+            cold: args.cold,
+            command: args.command,
+        }),
         Command::Agent(args) => {
             crate::agent::server::run(&args.port, &args.config)?;
             Ok(ExitCode::SUCCESS)

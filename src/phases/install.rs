@@ -1,6 +1,6 @@
 //! `cygvm install`: media → guest-install (the guest installs itself from
 //! the media and powers off) → boot from disk next to a fresh controller →
-//! SSH → shares → provision → clean shutdown → the generation is published.
+//! SSH → shares → provision → memory snapshot → the generation is published.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,9 +18,11 @@ use crate::phases::instance::{
     self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, log_report, mount_shares,
     spawn_controller, start_guest, wait_for_ssh,
 };
+use crate::phases::migration::save_state;
 use crate::phases::progress::PhaseProgress;
 use crate::phases::{Identity, runtime, supervise};
 use crate::secrets::ImageSecrets;
+use crate::snapshot::StateSummary;
 use crate::snapshot::manifest::{DiskEntry, Manifest, rfc3339_utc};
 use crate::vm::qemu::OVMF_VARS_4M;
 use crate::vm::qmp::QmpError;
@@ -29,8 +31,6 @@ use crate::vm::vde::VdeSwitch;
 
 /// Generations an install keeps (the new one only: an install starts over).
 const KEEP_GENERATIONS: usize = 2;
-/// How long a clean guest shutdown may take before QEMU is stopped.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(180);
 
 #[derive(Debug, Clone)]
 pub struct InstallOptions {
@@ -40,6 +40,7 @@ pub struct InstallOptions {
 /// What the install job hands back to be written into the manifest.
 struct Installed {
     identity: Identity,
+    state: StateSummary,
 }
 
 pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result<ExitCode> {
@@ -91,6 +92,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         secrets: &secrets,
         media_dir: image.media(),
         disk: pending.disk(),
+        state: pending.state(),
         uefi_vars,
         logs: pending.logs(),
     };
@@ -112,7 +114,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         device_argv: installed.identity.device_argv,
         memory_bytes: config.guest.memory.bytes(),
         disk: disk_entry(&pending.disk(), config.guest.disk.bytes())?,
-        state: None,
+        state: Some(installed.state),
         config_fingerprint: hex::encode(Sha256::digest(&config_text)),
         cygwin_packages: media_manifest
             .cygwin
@@ -161,6 +163,7 @@ struct InstallJob<'a> {
     secrets: &'a ImageSecrets,
     media_dir: PathBuf,
     disk: PathBuf,
+    state: PathBuf,
     uefi_vars: Option<PathBuf>,
     logs: PathBuf,
 }
@@ -318,31 +321,18 @@ impl InstallJob<'_> {
             }
         }
 
-        // shutdown: the guest powers itself off; the disk is then complete.
-        let _ = ctrl
-            .agent
-            .exec(
-                &os.poweroff(),
-                &mut tokio::io::sink(),
-                &mut tokio::io::sink(),
-            )
-            .await;
-        match guest
-            .qmp
-            .wait_event("SHUTDOWN", Instant::now() + SHUTDOWN_DEADLINE)
-            .await
-        {
-            Ok(_) | Err(QmpError::Disconnected { .. }) => {}
-            Err(e) => bail!(
-                "phase shutdown: the guest did not power off within {} s: {e}{}",
-                SHUTDOWN_DEADLINE.as_secs(),
-                log_report(&run_dir)
-            ),
-        }
-        sup.wait_exit(guest.child, Instant::now() + Duration::from_secs(30))
-            .await
-            .context("the guest did not exit after powering off")?;
+        // snapshot: the booted guest with its shares mapped, paused and
+        // saved; the disk is complete once QEMU has finished the migration.
+        let progress = PhaseProgress::start("snapshot", run_dir.join("guest.serial.log"), true);
+        let state = save_state(&guest, &run_dir, &self.state).await?;
+        tracing::info!(
+            "[snapshot] saved {} MiB of guest state into {} MiB in {:.1} s",
+            state.stream_len >> 20,
+            state.size >> 20,
+            progress.elapsed().as_secs_f64()
+        );
+        drop(progress);
         let _ = ctrl.agent.shutdown().await;
-        Ok(Installed { identity })
+        Ok(Installed { identity, state })
     }
 }

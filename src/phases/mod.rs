@@ -2,6 +2,7 @@
 
 pub mod install;
 pub mod instance;
+pub mod migration;
 pub mod progress;
 pub mod run;
 

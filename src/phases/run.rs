@@ -1,7 +1,8 @@
 //! `cygvm run`: a throwaway overlay over the image's base disk, a fresh
-//! switch and controller, the guest booted from the overlay, one command
-//! with its output streamed, its exit status returned, its files left in
-//! the output directory; then everything torn down. The image never changes.
+//! switch and controller, the guest revived from the generation's memory
+//! snapshot (or booted from the overlay with `--cold`), one command with
+//! its output streamed, its exit status returned and its files left in the
+//! output directory; then everything torn down. The image never changes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,15 +13,20 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::guest::GuestOs;
-use crate::image::ImageDir;
+use crate::image::{Generation, ImageDir};
 use crate::phases::instance::{
     self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, mount_shares, spawn_controller,
     start_guest, wait_for_ssh,
 };
+use crate::phases::migration::{host_identity, load_state};
 use crate::phases::{runtime, supervise};
 use crate::secrets::ImageSecrets;
+use crate::snapshot::{Manifest, StateSummary};
 use crate::vm::supervisor::Supervisor;
 use crate::vm::vde::VdeSwitch;
+
+/// After a revive the guest's sshd is already running; it answers at once.
+const REVIVED_SSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -28,7 +34,15 @@ pub struct RunOptions {
     pub input: Option<PathBuf>,
     pub output: Option<PathBuf>,
     pub keep_failed: bool,
+    /// Boot the disk even when the generation has a snapshot.
+    pub cold: bool,
     pub command: Vec<String>,
+}
+
+/// A generation's snapshot, checked against this host before anything starts.
+struct Revive {
+    state: PathBuf,
+    summary: StateSummary,
 }
 
 pub fn run(opts: &RunOptions) -> Result<ExitCode> {
@@ -36,10 +50,6 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode> {
     let generation = image.current()?;
     // Held until the run ends, so a refresh never prunes this generation.
     let _in_use = generation.lock_shared()?;
-    let config_path = generation.dir.join("config.toml");
-    let config = Config::load(&config_path)?;
-    let os = GuestOs::from_config(&config);
-    let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
     if let Some(input) = &opts.input
         && !input.is_dir()
     {
@@ -49,49 +59,125 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode> {
         std::fs::create_dir_all(output)
             .with_context(|| format!("cannot create --output {}", output.display()))?;
     }
+    let status = run_command(&image, &generation, opts, &opts.command)?;
+    Ok(ExitCode::from(status.clamp(0, 255) as u8))
+}
+
+/// Runs `command` in an instance of `generation`; returns its exit code.
+pub fn run_command(
+    image: &ImageDir,
+    generation: &Generation,
+    opts: &RunOptions,
+    command: &[String],
+) -> Result<i32> {
+    let config = Config::load(&generation.dir.join("config.toml"))?;
+    let os = GuestOs::from_config(&config);
+    let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
     let art = HostArtifacts::prepare(os)?;
-    let job = ColdRun {
+    let job = Instance {
         config: &config,
         os,
         art: &art,
         secrets: &secrets,
-        base_disk: generation.disk(),
-        uefi_vars: Some(generation.dir.join("OVMF_VARS.fd")).filter(|p| p.exists()),
+        generation,
         opts,
     };
-    let status = runtime()?.block_on(supervise(
+    let revive = job.check_snapshot()?;
+    runtime()?.block_on(supervise(
         &format!("run-{}", config.image.name),
         opts.keep_failed,
-        async |sup: &mut Supervisor| job.run(sup).await,
-    ))?;
-    Ok(ExitCode::from(status.clamp(0, 255) as u8))
+        async |sup: &mut Supervisor| job.run(sup, revive.as_ref(), command).await,
+    ))
 }
 
-struct ColdRun<'a> {
+struct Instance<'a> {
     config: &'a Config,
     os: GuestOs,
     art: &'a HostArtifacts,
     secrets: &'a ImageSecrets,
-    base_disk: PathBuf,
-    uefi_vars: Option<PathBuf>,
+    generation: &'a Generation,
     opts: &'a RunOptions,
 }
 
-impl ColdRun<'_> {
-    async fn run(&self, sup: &mut Supervisor) -> Result<i32> {
+impl Instance<'_> {
+    fn guest_disk(&self, run_dir: &std::path::Path) -> GuestDisk {
+        GuestDisk {
+            disk: run_dir.join("overlay.qcow2"),
+            uefi_vars: Some(run_dir.join("OVMF_VARS.fd"))
+                .filter(|_| self.generation.dir.join("OVMF_VARS.fd").exists()),
+        }
+    }
+
+    /// Whether to revive, refusing a snapshot this host cannot load before
+    /// any guest starts.
+    fn check_snapshot(&self) -> Result<Option<Revive>> {
+        if self.opts.cold {
+            return Ok(None);
+        }
+        if !self.generation.has_snapshot() {
+            tracing::warn!(
+                "generation {} has no memory snapshot; booting it cold",
+                self.generation.number
+            );
+            return Ok(None);
+        }
+        let manifest = Manifest::load(&self.generation.manifest())?;
+        let Some(summary) = manifest.state.clone() else {
+            bail!(
+                "{} has a state.gz its manifest does not describe; run `cygvm refresh`, or `cygvm run --cold`",
+                self.generation.dir.display()
+            );
+        };
+        // The spec a revive would use, with placeholder paths: only the
+        // device set matters here.
+        let probe = std::path::Path::new("/run");
+        let spec = self.guest_spec(probe, probe, true)?;
+        let identity = host_identity(self.art, &spec)?;
+        manifest
+            .check_compatible(&identity)
+            .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
+        crate::snapshot::verify(&self.generation.state(), &summary)
+            .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
+        Ok(Some(Revive {
+            state: self.generation.state(),
+            summary,
+        }))
+    }
+
+    fn guest_spec(
+        &self,
+        run_dir: &std::path::Path,
+        switch: &std::path::Path,
+        incoming: bool,
+    ) -> Result<crate::vm::qemu::VmSpec> {
+        let mut spec = instance::guest_spec(
+            self.config,
+            self.os,
+            self.art,
+            run_dir,
+            switch,
+            &self.guest_disk(run_dir),
+            &GuestBoot::Disk,
+        )?;
+        spec.incoming_defer = incoming;
+        Ok(spec)
+    }
+
+    async fn run(
+        &self,
+        sup: &mut Supervisor,
+        revive: Option<&Revive>,
+        command: &[String],
+    ) -> Result<i32> {
         let (config, os) = (self.config, self.os);
         let run_dir = sup.run_dir().path().to_path_buf();
-        let overlay = run_dir.join("overlay.qcow2");
-        self.art.create_disk(&overlay, 0, Some(&self.base_disk))?;
+        let disk = self.guest_disk(&run_dir);
+        self.art
+            .create_disk(&disk.disk, 0, Some(&self.generation.disk()))?;
         // The guest may write its UEFI variables; the image's copy stays as is.
-        let vars = match &self.uefi_vars {
-            Some(v) => {
-                let copy = run_dir.join("OVMF_VARS.fd");
-                std::fs::copy(v, &copy)?;
-                Some(copy)
-            }
-            None => None,
-        };
+        if let Some(vars) = &disk.uefi_vars {
+            std::fs::copy(self.generation.dir.join("OVMF_VARS.fd"), vars)?;
+        }
         let shares = ShareDirs {
             inputs: self
                 .opts
@@ -108,27 +194,37 @@ impl ColdRun<'_> {
         std::fs::create_dir_all(&shares.outputs)?;
 
         let switch = VdeSwitch::start(sup, Instant::now() + Duration::from_secs(15)).await?;
-        // The controller and the guest boot side by side.
+        // The controller boots while the guest is revived or booted.
         let starting =
             spawn_controller(sup, config, self.art, self.secrets, &switch, &shares).await?;
-        let spec = instance::guest_spec(
-            config,
-            os,
-            self.art,
-            &run_dir,
-            &switch.dir,
-            &GuestDisk {
-                disk: overlay.clone(),
-                uefi_vars: vars.clone(),
-            },
-            &GuestBoot::Disk,
-        )?;
-        let _guest = start_guest(sup, self.art, &spec).await?;
+        let spec = self.guest_spec(&run_dir, &switch.dir, revive.is_some())?;
+        let guest = start_guest(sup, self.art, &spec).await?;
+        if let Some(revive) = revive {
+            load_state(&guest, &run_dir, &revive.state, &revive.summary).await?;
+        }
         let mut ctrl = starting.connect().await?;
-        wait_for_ssh(&mut ctrl.agent, os, "boot", config.boot_timeout(), &run_dir).await?;
+        let ssh_timeout = if revive.is_some() {
+            REVIVED_SSH_TIMEOUT
+        } else {
+            config.boot_timeout()
+        };
+        wait_for_ssh(&mut ctrl.agent, os, "boot", ssh_timeout, &run_dir).await?;
+        if revive.is_some() {
+            // The snapshot's clock stopped when it was saved.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            ctrl.agent
+                .exec_checked(&os.set_clock(now), None)
+                .await
+                .context("cannot set the revived guest's clock")?;
+        }
+        // Revived guests still hold mappings to the controller that saved
+        // them; mapping again reconnects them to this one, and checks it.
         mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
 
-        let command = os.shell_command(&self.opts.command);
+        let command = os.shell_command(command);
         tracing::debug!("running in the guest: {command}");
         let exit = ctrl
             .agent
