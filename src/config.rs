@@ -51,6 +51,30 @@ pub struct ImageConfig {
     pub name: ImageName,
     #[serde(default = "default_image_dir")]
     pub dir: PathBuf,
+    /// Generations kept after a refresh (the current one included).
+    #[serde(default = "default_keep")]
+    pub keep: Keep,
+}
+
+fn default_keep() -> Keep {
+    Keep(2)
+}
+
+/// How many generations to keep: 1 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep(pub usize);
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        if (1..=100).contains(&n) {
+            Ok(Keep(n as usize))
+        } else {
+            Err(de::Error::custom(format!(
+                "keep = {n} must be between 1 and 100"
+            )))
+        }
+    }
 }
 
 fn default_image_dir() -> PathBuf {
@@ -907,6 +931,30 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The config an image generation was made from: `config.toml` as the
+    /// user wrote it, with relative paths taken from the directory the
+    /// original lived in (recorded in `config.base`).
+    pub fn load_generation(dir: &Path) -> Result<Self, ConfigError> {
+        let mut config = Self::load(&dir.join("config.toml"))?;
+        if let Ok(base) = std::fs::read_to_string(dir.join("config.base")) {
+            config.base_dir = PathBuf::from(base.trim_end_matches('\n'));
+        }
+        Ok(config)
+    }
+
+    /// Records a config in an image generation directory (see
+    /// [`Config::load_generation`]).
+    pub fn store_in_generation(&self, source: &Path, dir: &Path) -> std::io::Result<()> {
+        let text = std::fs::read(source)?;
+        crate::fsutil::write_atomic(&dir.join("config.toml"), &text, 0o644)?;
+        let base = std::path::absolute(&self.base_dir)?;
+        crate::fsutil::write_atomic(
+            &dir.join("config.base"),
+            format!("{}\n", base.display()).as_bytes(),
+            0o644,
+        )
     }
 
     /// Resolves a path from the config relative to the config's directory.

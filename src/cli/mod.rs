@@ -51,6 +51,11 @@ pub enum Command {
         after_help = "Examples:\n  cygvm run --cold --image images/cygwin-build -- make -C /inputs\n  cygvm run --cold --image images/standin --input src --output out -- sh -c 'cp /inputs/* . && make'\n\nThe command runs in the guest's shell (Cygwin bash -l on Windows, sh on the\nstand-in) in /outputs, with the input directory at /inputs (read-only).\ncygvm exits with the command's exit status."
     )]
     Run(RunArgs),
+    /// Update an image and save a new, verified snapshot generation.
+    #[command(
+        after_help = "Examples:\n  cygvm refresh --image images/cygwin-build\n  cygvm refresh --image images/cygwin-build -- sh -c 'echo more >> /etc/motd'\n\nWithout a command, Cygwin's setup upgrades the installed packages and adds\nthe configured ones from the configured mirror, then the provision commands\nrun. The new generation is revived once and must run `true` before it\nbecomes current; the last [image] keep generations are kept."
+    )]
+    Refresh(RefreshArgs),
     /// Write the install media: floppy.img, cygwin.iso, the answer file and a manifest.
     #[command(after_help = "Example:\n  cygvm media --config cygvm.toml --out media")]
     Media(MediaArgs),
@@ -116,6 +121,19 @@ pub struct RunArgs {
     pub keep_failed: bool,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// The image directory (images/<name>).
+    #[arg(long, value_name = "DIR")]
+    pub image: PathBuf,
+    /// Keep the run directory (logs, serial consoles) when the refresh fails.
+    #[arg(long)]
+    pub keep_failed: bool,
+    /// An update command to run instead of the default.
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -225,6 +243,13 @@ pub fn run() -> Result<ExitCode> {
             cold: args.cold,
             command: args.command,
         }),
+        Command::Refresh(args) => {
+            crate::phases::refresh::run(&crate::phases::refresh::RefreshOptions {
+                image: args.image,
+                keep_failed: args.keep_failed,
+                command: args.command,
+            })
+        }
         Command::Agent(args) => {
             crate::agent::server::run(&args.port, &args.config)?;
             Ok(ExitCode::SUCCESS)

@@ -39,6 +39,10 @@ pub struct GuestCommand {
     pub stdin: Option<String>,
 }
 
+/// Cygwin setup's "installed, reboot to finish" exit status
+/// (IDS_REBOOT_REQUIRED).
+pub const UPDATE_NEEDS_REBOOT: i32 = 118;
+
 /// The Cygwin helper that re-establishes the share mappings in an SSH
 /// logon session (key logons carry no network credentials on Windows).
 const WINDOWS_SHARES_HELPER: &str = "/usr/local/bin/cygvm-shares";
@@ -127,6 +131,36 @@ impl GuestOs {
         match self {
             GuestOs::Standin => "sync; (sleep 1; poweroff -f) >/dev/null 2>&1 &".into(),
             GuestOs::Windows => "shutdown /s /t 2 /f".into(),
+        }
+    }
+
+    /// The default refresh: Cygwin's setup upgrading the installed packages
+    /// and adding the configured ones, from the verified mirror the host
+    /// puts at /inputs/mirror (with the installer beside it). The
+    /// stand-in, which has no Cygwin, records the mirror's index instead, so
+    /// a refresh is seen in the guest the same way.
+    pub fn update_command(self, installer: &str, root: &str, packages: &[String]) -> String {
+        match self {
+            GuestOs::Windows => format!(
+                "exec bash -l -c {}",
+                quote(&format!(
+                    "cd /inputs && ./{} -q -g -L -l \"$(cygpath -w /inputs/mirror)\" -R {} -P {} -n -N -d -X",
+                    quote(installer),
+                    quote(root),
+                    quote(&packages.join(","))
+                ))
+            ),
+            GuestOs::Standin => {
+                "mkdir -p ~/cygwin && cp /inputs/mirror/x86_64/setup.ini ~/cygwin/setup.ini".into()
+            }
+        }
+    }
+
+    /// Restarts the guest (after an update that asks for it).
+    pub fn reboot(self) -> String {
+        match self {
+            GuestOs::Standin => "sync; (sleep 1; reboot -f) >/dev/null 2>&1 &".into(),
+            GuestOs::Windows => "shutdown /r /t 2 /f".into(),
         }
     }
 

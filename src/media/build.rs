@@ -135,15 +135,20 @@ fn check_windows_requirement(config: &Config, closure: &Closure) -> Result<()> {
     Ok(())
 }
 
-/// Builds the media into `out` and returns their manifest.
-pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
-    let image_dir = config.image_dir();
-    let secrets = ImageSecrets::load_or_create(
-        &image_dir.join("secrets"),
-        config.guest.admin_password.as_ref().map(|p| p.0.as_str()),
-    )
-    .context("cannot prepare the image's secrets")?;
+/// A verified local Cygwin mirror of the config's packages.
+pub struct PreparedMirror {
+    pub source: MirrorSource,
+    pub arch: String,
+    pub index: SetupIni,
+    pub index_name: String,
+    pub closure: Closure,
+    pub local: mirror::LocalMirror,
+    pub requested: Vec<String>,
+}
 
+/// Reads the configured mirror's index, resolves the packages and lays out
+/// a verified local mirror in `dest` (what setup.exe -L -l takes).
+pub fn prepare_mirror(config: &Config, dest: &Path) -> Result<PreparedMirror> {
     let Some(mirror_spec) = config.mirror_source() else {
         bail!(
             "key `cygwin.mirror` is not set: name a Cygwin mirror URL or a local directory holding x86_64/setup.ini"
@@ -167,11 +172,37 @@ pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
         "x86_64"
     };
     let (index, index_name) = load_index(&source, arch, &cache)?;
-    let requested: Vec<&str> = config.cygwin.packages.iter().map(|p| p.as_str()).collect();
+    let requested: Vec<String> = config
+        .cygwin
+        .packages
+        .iter()
+        .map(|p| p.as_str().to_string())
+        .collect();
     let closure = closure::resolve(&index, &requested).with_context(|| {
         format!("cannot resolve the packages of key `cygwin.packages` in {index_name}")
     })?;
     check_windows_requirement(config, &closure)?;
+    let local = mirror::build_local_mirror(&index, &closure, &source, &cache, dest)
+        .context("cannot build the local Cygwin mirror")?;
+    Ok(PreparedMirror {
+        source,
+        arch: arch.to_string(),
+        index,
+        index_name,
+        closure,
+        local,
+        requested,
+    })
+}
+
+/// Builds the media into `out` and returns their manifest.
+pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
+    let image_dir = config.image_dir();
+    let secrets = ImageSecrets::load_or_create(
+        &image_dir.join("secrets"),
+        config.guest.admin_password.as_ref().map(|p| p.0.as_str()),
+    )
+    .context("cannot prepare the image's secrets")?;
 
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let staging = tempfile::Builder::new()
@@ -180,9 +211,16 @@ pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
         .with_context(|| format!("cannot create a staging directory in {}", out.display()))?;
     let stage = staging.path();
 
-    let local =
-        mirror::build_local_mirror(&index, &closure, &source, &cache, &stage.join("mirror"))
-            .context("cannot build the local Cygwin mirror")?;
+    let PreparedMirror {
+        source,
+        arch,
+        index,
+        index_name,
+        closure,
+        local,
+        requested,
+    } = prepare_mirror(config, &stage.join("mirror"))?;
+    let arch = arch.as_str();
 
     let media_id = media_id(config, &secrets, &index, &closure);
     let ctx = MediaContext {
@@ -298,7 +336,7 @@ fn set_private(path: &Path) -> Result<()> {
 /// Finds Cygwin's installer: `cygwin.setup_exe` as a URL, as a path next to
 /// the config, or by that name at the top of the mirror. Windows needs it;
 /// the stand-in does not.
-fn setup_exe(
+pub fn setup_exe(
     config: &Config,
     source: &MirrorSource,
     arch: &str,

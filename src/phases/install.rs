@@ -72,7 +72,9 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
     art.create_disk(&pending.disk(), config.guest.disk.bytes(), None)?;
     let config_text = std::fs::read(config_path)
         .with_context(|| format!("cannot read {}", config_path.display()))?;
-    crate::fsutil::write_atomic(&pending.dir.join("config.toml"), &config_text, 0o644)?;
+    config
+        .store_in_generation(config_path, &pending.dir)
+        .context("cannot record the config in the new generation")?;
     let uefi_vars = if os == GuestOs::Windows && config.guest.firmware() == ConfigFirmware::Uefi {
         let vars = pending.dir.join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS_4M, &vars).with_context(|| {

@@ -4,6 +4,7 @@ pub mod install;
 pub mod instance;
 pub mod migration;
 pub mod progress;
+pub mod refresh;
 pub mod run;
 
 use anyhow::{Context, Result, anyhow};

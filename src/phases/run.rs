@@ -40,7 +40,7 @@ pub struct RunOptions {
 }
 
 /// A generation's snapshot, checked against this host before anything starts.
-struct Revive {
+pub struct Revive {
     state: PathBuf,
     summary: StateSummary,
 }
@@ -70,7 +70,7 @@ pub fn run_command(
     opts: &RunOptions,
     command: &[String],
 ) -> Result<i32> {
-    let config = Config::load(&generation.dir.join("config.toml"))?;
+    let config = Config::load_generation(&generation.dir)?;
     let os = GuestOs::from_config(&config);
     let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
     let art = HostArtifacts::prepare(os)?;
@@ -81,6 +81,7 @@ pub fn run_command(
         secrets: &secrets,
         generation,
         opts,
+        state_dir: None,
     };
     let revive = job.check_snapshot()?;
     runtime()?.block_on(supervise(
@@ -90,27 +91,39 @@ pub fn run_command(
     ))
 }
 
-struct Instance<'a> {
-    config: &'a Config,
-    os: GuestOs,
-    art: &'a HostArtifacts,
-    secrets: &'a ImageSecrets,
-    generation: &'a Generation,
-    opts: &'a RunOptions,
+/// One instance of a generation: overlay, switch, controller, guest.
+pub struct Instance<'a> {
+    pub config: &'a Config,
+    pub os: GuestOs,
+    pub art: &'a HostArtifacts,
+    pub secrets: &'a ImageSecrets,
+    pub generation: &'a Generation,
+    pub opts: &'a RunOptions,
+    /// Where the overlay and UEFI variables go; the run dir when `None`.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A started instance, ready for commands.
+pub struct Running {
+    pub guest: crate::vm::supervisor::Vm,
+    pub ctrl: crate::phases::instance::Controller,
+    pub spec: crate::vm::qemu::VmSpec,
+    pub disk: GuestDisk,
 }
 
 impl Instance<'_> {
     fn guest_disk(&self, run_dir: &std::path::Path) -> GuestDisk {
+        let dir = self.state_dir.as_deref().unwrap_or(run_dir);
         GuestDisk {
-            disk: run_dir.join("overlay.qcow2"),
-            uefi_vars: Some(run_dir.join("OVMF_VARS.fd"))
+            disk: dir.join("overlay.qcow2"),
+            uefi_vars: Some(dir.join("OVMF_VARS.fd"))
                 .filter(|_| self.generation.dir.join("OVMF_VARS.fd").exists()),
         }
     }
 
     /// Whether to revive, refusing a snapshot this host cannot load before
     /// any guest starts.
-    fn check_snapshot(&self) -> Result<Option<Revive>> {
+    pub fn check_snapshot(&self) -> Result<Option<Revive>> {
         if self.opts.cold {
             return Ok(None);
         }
@@ -169,6 +182,21 @@ impl Instance<'_> {
         revive: Option<&Revive>,
         command: &[String],
     ) -> Result<i32> {
+        let mut running = self.start(sup, revive).await?;
+        let command = self.os.shell_command(command);
+        tracing::debug!("running in the guest: {command}");
+        let exit = running
+            .ctrl
+            .agent
+            .exec(&command, &mut tokio::io::stdout(), &mut tokio::io::stderr())
+            .await
+            .context("the command's connection to the guest broke")?;
+        Ok(exit.exit_code())
+    }
+
+    /// Starts the instance: the guest revived (or booted), SSH answering,
+    /// the clock set, the shares mapped.
+    pub async fn start(&self, sup: &mut Supervisor, revive: Option<&Revive>) -> Result<Running> {
         let (config, os) = (self.config, self.os);
         let run_dir = sup.run_dir().path().to_path_buf();
         let disk = self.guest_disk(&run_dir);
@@ -223,14 +251,11 @@ impl Instance<'_> {
         // Revived guests still hold mappings to the controller that saved
         // them; mapping again reconnects them to this one, and checks it.
         mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
-
-        let command = os.shell_command(command);
-        tracing::debug!("running in the guest: {command}");
-        let exit = ctrl
-            .agent
-            .exec(&command, &mut tokio::io::stdout(), &mut tokio::io::stderr())
-            .await
-            .context("the command's connection to the guest broke")?;
-        Ok(exit.exit_code())
+        Ok(Running {
+            guest,
+            ctrl,
+            spec,
+            disk,
+        })
     }
 }

@@ -1,0 +1,297 @@
+//! `cygvm refresh`: revive the current generation, update it, bring it back
+//! to the ready state and save a new generation — a new base disk (the
+//! overlay converted into a standalone image; the old one untouched), a new
+//! state.gz and manifest — then revive the new generation once and run
+//! `true` before `current` is switched to it. Any failure leaves `current`
+//! where it was, with the failed attempt's logs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::Config;
+use crate::guest::{GuestOs, UPDATE_NEEDS_REBOOT};
+use crate::image::{Generation, ImageDir, PendingGeneration};
+use crate::media;
+use crate::phases::install::disk_entry;
+use crate::phases::instance::{HostArtifacts, mount_shares, wait_for_ssh};
+use crate::phases::migration::save_state;
+use crate::phases::run::{Instance, RunOptions, run_command};
+use crate::phases::{Identity, runtime, supervise};
+use crate::secrets::ImageSecrets;
+use crate::snapshot::manifest::rfc3339_utc;
+use crate::snapshot::{Manifest, StateSummary};
+use crate::vm::supervisor::Supervisor;
+
+#[derive(Debug, Clone)]
+pub struct RefreshOptions {
+    pub image: PathBuf,
+    pub keep_failed: bool,
+    /// The update to run instead of the default (Cygwin's setup from the
+    /// configured mirror, then the provision commands).
+    pub command: Vec<String>,
+}
+
+pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
+    let image = ImageDir::new(&opts.image);
+    let lock = image.lock_exclusive()?;
+    let current = image.current()?;
+    let _in_use = current.lock_shared()?;
+    let config = Config::load_generation(&current.dir)?;
+    let os = GuestOs::from_config(&config);
+    let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
+    let art = HostArtifacts::prepare(os)?;
+
+    let pending = image.begin_generation(&lock)?;
+    match refresh(
+        &config, os, &art, &secrets, &image, &current, &pending, opts,
+    ) {
+        Ok(()) => {}
+        Err(e) => {
+            let e = match pending.keep_logs() {
+                Some(dir) => e.context(format!(
+                    "refresh failed; `current` still points to generation {}; the attempt's logs are in {}",
+                    current.number,
+                    dir.display()
+                )),
+                None => e.context(format!(
+                    "refresh failed; `current` still points to generation {}",
+                    current.number
+                )),
+            };
+            return Err(e);
+        }
+    }
+    let number = pending.number;
+    let published = pending.publish()?;
+    let removed = image.prune(config.image.keep.0, &lock)?;
+    println!(
+        "refreshed {}: generation {number} is current ({}){}",
+        config.image.name,
+        published.dir.display(),
+        if removed.is_empty() {
+            String::new()
+        } else {
+            format!("; removed generation(s) {removed:?}")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn refresh(
+    config: &Config,
+    os: GuestOs,
+    art: &HostArtifacts,
+    secrets: &ImageSecrets,
+    image: &ImageDir,
+    current: &Generation,
+    pending: &PendingGeneration,
+    opts: &RefreshOptions,
+) -> Result<()> {
+    let config_dir = &current.dir;
+    for name in ["config.toml", "config.base"] {
+        if config_dir.join(name).exists() {
+            std::fs::copy(config_dir.join(name), pending.dir.join(name))?;
+        }
+    }
+    // The default update installs from a freshly verified mirror, which
+    // the guest reads from its inputs share.
+    let inputs = pending.dir.join("inputs");
+    std::fs::create_dir_all(&inputs)?;
+    let update = if opts.command.is_empty() {
+        tracing::info!("[refresh] building the Cygwin mirror for the update");
+        let prepared = media::build::prepare_mirror(config, &inputs.join("mirror"))?;
+        let installer = media::unattend::installer_name(config.guest.version);
+        if let Some(exe) =
+            media::build::setup_exe(config, &prepared.source, &prepared.arch, installer, &inputs)?
+            && exe != inputs.join(installer)
+        {
+            std::fs::copy(&exe, inputs.join(installer))?;
+        }
+        let root = media::unattend::cygwin_root(config);
+        os.update_command(installer, &root, &prepared.requested)
+    } else {
+        os.shell_command(&opts.command)
+    };
+
+    let run_opts = RunOptions {
+        image: image.root.clone(),
+        input: Some(inputs.clone()),
+        output: None,
+        keep_failed: opts.keep_failed,
+        cold: false,
+        command: Vec::new(),
+    };
+    let instance = Instance {
+        config,
+        os,
+        art,
+        secrets,
+        generation: current,
+        opts: &run_opts,
+        state_dir: Some(pending.dir.clone()),
+    };
+    let revive = instance.check_snapshot()?;
+    let logs = pending.logs();
+    let (identity, summary) = runtime()?.block_on(supervise(
+        &format!("refresh-{}", config.image.name),
+        opts.keep_failed,
+        async |sup: &mut Supervisor| {
+            let result = update_and_save(
+                sup,
+                &instance,
+                revive.as_ref(),
+                &update,
+                opts.command.is_empty(),
+                &pending.state(),
+            )
+            .await;
+            copy_logs(sup.run_dir().path(), &logs);
+            result
+        },
+    ))?;
+
+    // The overlay becomes a standalone base disk; the old one is untouched.
+    let overlay = pending.dir.join("overlay.qcow2");
+    convert_disk(art, &overlay, &pending.disk())?;
+    std::fs::remove_file(&overlay)?;
+    std::fs::remove_dir_all(&inputs)?;
+    let old = Manifest::load(&current.manifest())?;
+    let manifest = Manifest {
+        format_version: crate::snapshot::manifest::FORMAT_VERSION,
+        cygvm_version: env!("CARGO_PKG_VERSION").to_string(),
+        qemu_version: identity.qemu_version,
+        machine: identity.machine,
+        device_argv: identity.device_argv,
+        memory_bytes: old.memory_bytes,
+        disk: disk_entry(&pending.disk(), old.disk.virtual_size)?,
+        state: Some(summary),
+        config_fingerprint: old.config_fingerprint,
+        cygwin_packages: old.cygwin_packages,
+        created: rfc3339_utc(std::time::SystemTime::now()),
+    };
+    manifest.save(&pending.manifest())?;
+
+    // Verify: the new generation revives and runs `true`.
+    tracing::info!("[verify] reviving generation {} once", pending.number);
+    let candidate = Generation {
+        number: pending.number,
+        dir: pending.dir.clone(),
+    };
+    let verify_opts = RunOptions {
+        image: image.root.clone(),
+        input: None,
+        output: None,
+        keep_failed: opts.keep_failed,
+        cold: false,
+        command: vec!["true".into()],
+    };
+    let status = run_command(image, &candidate, &verify_opts, &verify_opts.command)
+        .context("the new generation does not revive")?;
+    if status != 0 {
+        bail!("the new generation revives, but `true` ended with {status}");
+    }
+    Ok(())
+}
+
+/// Runs the update in the revived guest, brings it back to the ready
+/// state and saves it.
+async fn update_and_save(
+    sup: &mut Supervisor,
+    instance: &Instance<'_>,
+    revive: Option<&crate::phases::run::Revive>,
+    update: &str,
+    default_update: bool,
+    state: &Path,
+) -> Result<(Identity, StateSummary)> {
+    let (config, os) = (instance.config, instance.os);
+    let run_dir = sup.run_dir().path().to_path_buf();
+    let mut running = instance.start(sup, revive).await?;
+    tracing::info!("[update] {update}");
+    let exit = running
+        .ctrl
+        .agent
+        .exec(update, &mut tokio::io::stderr(), &mut tokio::io::stderr())
+        .await?;
+    match exit.exit_code() {
+        0 => {}
+        UPDATE_NEEDS_REBOOT if default_update => {
+            tracing::info!("[update] Cygwin asks for a reboot to finish; rebooting the guest");
+            let _ = running
+                .ctrl
+                .agent
+                .exec(&os.reboot(), &mut tokio::io::sink(), &mut tokio::io::sink())
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            wait_for_ssh(
+                &mut running.ctrl.agent,
+                os,
+                "reboot",
+                config.boot_timeout(),
+                &run_dir,
+            )
+            .await?;
+            mount_shares(&mut running.ctrl.agent, config, os, instance.secrets).await?;
+        }
+        code => bail!("phase update: `{update}` ended with {code}"),
+    }
+    if default_update {
+        for (n, command) in config.provision.commands.iter().enumerate() {
+            let argv = ["sh".to_string(), "-c".to_string(), command.clone()];
+            let exit = running
+                .ctrl
+                .agent
+                .exec(
+                    &os.shell_command(&argv),
+                    &mut tokio::io::stderr(),
+                    &mut tokio::io::stderr(),
+                )
+                .await?;
+            if exit.exit_code() != 0 {
+                bail!(
+                    "phase provision: command {} of key provision.commands ({command:?}) ended with {}",
+                    n + 1,
+                    exit.exit_code()
+                );
+            }
+        }
+    }
+    let identity = Identity::query(&running.guest, &running.spec).await?;
+    let summary = save_state(&running.guest, &run_dir, state).await?;
+    Ok((identity, summary))
+}
+
+fn copy_logs(run_dir: &Path, logs: &Path) {
+    for name in [
+        "guest.serial.log",
+        "controller.serial.log",
+        "guest.log",
+        "controller.log",
+    ] {
+        let src = run_dir.join(name);
+        if src.exists() {
+            let _ = std::fs::copy(&src, logs.join(format!("refresh-{name}")));
+        }
+    }
+}
+
+/// `qemu-img convert`: the overlay and its backing chain into one image.
+fn convert_disk(art: &HostArtifacts, overlay: &Path, dest: &Path) -> Result<()> {
+    let out = std::process::Command::new(&art.qemu_img)
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(overlay)
+        .arg(dest)
+        .output()
+        .with_context(|| format!("cannot run {}", art.qemu_img.display()))?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img could not write the new base disk {}: {}",
+            dest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
