@@ -38,7 +38,11 @@ impl Workspace {
             .args(["install", "--config", "cygvm.toml"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "install failed:\n{}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "install failed:\n{}",
+            text(&out.stderr)
+        );
         ws
     }
 
@@ -166,9 +170,18 @@ fn a_revived_run_has_output_status_files_shares_and_the_right_time() {
     );
     assert_eq!(lines[2], "provisioned");
     assert!(!stdout.contains("inputs: writable"));
-    assert_eq!(std::fs::read_to_string(output.join("made")).unwrap(), "made\n");
-    assert_eq!(std::fs::read(generation.join("state.gz")).unwrap(), state_before);
-    assert_eq!(std::fs::read(generation.join("disk.qcow2")).unwrap(), disk_before);
+    assert_eq!(
+        std::fs::read_to_string(output.join("made")).unwrap(),
+        "made\n"
+    );
+    assert_eq!(
+        std::fs::read(generation.join("state.gz")).unwrap(),
+        state_before
+    );
+    assert_eq!(
+        std::fs::read(generation.join("disk.qcow2")).unwrap(),
+        disk_before
+    );
     assert_eq!(ws.qemu_processes(), 0);
     assert_eq!(ws.run_dirs(), 0);
 }
@@ -205,14 +218,22 @@ fn state_gz_is_plain_gzip_of_the_stream_cygvm_decodes() {
     let state = ws.generation(1).join("state.gz");
     let t = Command::new("gzip").arg("-t").arg(&state).status().unwrap();
     assert!(t.success(), "gzip -t rejects state.gz");
-    let gunzip = Command::new("gzip").arg("-dc").arg(&state).output().unwrap();
+    let gunzip = Command::new("gzip")
+        .arg("-dc")
+        .arg(&state)
+        .output()
+        .unwrap();
     assert!(gunzip.status.success());
-    let manifest = cygvm::snapshot::Manifest::load(&ws.generation(1).join("manifest.json")).unwrap();
+    let manifest =
+        cygvm::snapshot::Manifest::load(&ws.generation(1).join("manifest.json")).unwrap();
     let summary = manifest.state.unwrap();
     let mut decoded = Vec::new();
     cygvm::snapshot::restore(&state, &summary, &mut decoded).unwrap();
     assert_eq!(decoded.len() as u64, summary.stream_len);
-    assert!(decoded == gunzip.stdout, "gzip -dc and cygvm decode differently");
+    assert!(
+        decoded == gunzip.stdout,
+        "gzip -dc and cygvm decode differently"
+    );
     // QEMU's migration stream starts with its magic "QEVM".
     assert_eq!(&decoded[..4], b"QEVM");
 }
@@ -259,7 +280,10 @@ fn damaged_or_foreign_snapshots_are_refused_before_any_guest_starts() {
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("cannot revive"), "{err}");
-    assert!(err.contains("member"), "should name the damaged member: {err}");
+    assert!(
+        err.contains("member"),
+        "should name the damaged member: {err}"
+    );
     assert!(err.contains("--cold"), "should say what to do: {err}");
     assert_eq!(ws.run_dirs(), 0, "a guest was started");
 
@@ -340,7 +364,10 @@ fn refresh_makes_a_verified_generation_and_keeps_the_old_one_intact() {
     // The default refresh installs from the configured mirror.
     let out = ws.refresh(&[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = ws.run(&[], &["sh", "-c", "grep -c '^@ ' ~/cygwin/setup.ini; cat ~/marker"]);
+    let out = ws.run(
+        &[],
+        &["sh", "-c", "grep -c '^@ ' ~/cygwin/setup.ini; cat ~/marker"],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let packages: usize = stdout.lines().next().unwrap().parse().unwrap();
@@ -406,7 +433,14 @@ fn kill_9_during_the_refresh_save_leaves_a_working_current() {
         std::fs::read_link(ws.image().join("current")).unwrap(),
         PathBuf::from("gen-0001")
     );
-    let out = ws.run(&[], &["sh", "-c", "cat ~/provisioned; cat ~/marker 2>/dev/null; true"]);
+    let out = ws.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cat ~/provisioned; cat ~/marker 2>/dev/null; true",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "provisioned\n");
     // The next refresh clears the leftovers and succeeds.

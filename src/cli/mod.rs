@@ -96,7 +96,8 @@ impl ConfigArg {
 pub struct InstallArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Keep the run directory (logs, serial consoles) when the install fails.
+    /// Keep the run directory (logs, serial consoles) when the install
+    /// fails, and the attempt's guest disk next to its logs.
     #[arg(long)]
     pub keep_failed: bool,
 }

@@ -116,13 +116,16 @@ impl GuestOs {
     }
 
     /// Sets the guest clock to `unix_secs` (UTC).
+    ///
+    /// On Windows this is Cygwin's `date`: `date -s` ends in Cygwin's
+    /// `settimeofday`, which calls `SetSystemTime` with the UTC time, and
+    /// `SetSystemTime` enables the SE_SYSTEMTIME_NAME privilege itself. It
+    /// needs no PowerShell, which XP and 2003 lack, and no .NET 4.6
+    /// (`DateTimeOffset.FromUnixTimeSeconds`), which Windows 7, 8.1 and
+    /// Server 2012 R2 do not ship.
     pub fn set_clock(self, unix_secs: u64) -> String {
         match self {
-            GuestOs::Standin => format!("date -u -s @{unix_secs} >/dev/null"),
-            GuestOs::Windows => format!(
-                "powershell -NoProfile -NonInteractive -Command \
-                 \"Set-Date -Date ([DateTimeOffset]::FromUnixTimeSeconds({unix_secs}).LocalDateTime) | Out-Null\""
-            ),
+            GuestOs::Standin | GuestOs::Windows => format!("date -u -s @{unix_secs} >/dev/null"),
         }
     }
 
@@ -130,7 +133,10 @@ impl GuestOs {
     pub fn poweroff(self) -> String {
         match self {
             GuestOs::Standin => "sync; (sleep 1; poweroff -f) >/dev/null 2>&1 &".into(),
-            GuestOs::Windows => "shutdown /s /t 2 /f".into(),
+            // Windows' own shutdown.exe by its full path: Cygwin's
+            // `shutdown` package puts a Linux-style /usr/bin/shutdown ahead
+            // of System32 in PATH, and that one takes `/s` for a time.
+            GuestOs::Windows => r#""$(cygpath -S)/shutdown.exe" /s /t 2 /f"#.into(),
         }
     }
 
@@ -156,6 +162,13 @@ impl GuestOs {
         }
     }
 
+    /// Writes the guest's cached file data to its disk, so the disk alone
+    /// (a `--cold` boot) holds what the memory snapshot holds. Cygwin's
+    /// sync flushes every Windows volume.
+    pub fn flush_disks(self) -> String {
+        "sync".into()
+    }
+
     /// Restarts the guest (after an update that asks for it).
     pub fn reboot(self) -> String {
         match self {
@@ -179,7 +192,7 @@ impl GuestOs {
                 "the guest's serial log, and /disk/cygvm/install.log and status on its disk"
             }
             GuestOs::Windows => {
-                r"the guest's C:\cygvm\status.txt and install.log, C:\cygvm\setup.log.full (Cygwin setup), and C:\Windows\Panther\setupact.log (Windows Setup)"
+                r"the guest's C:\cygvm\status.txt and install.log, C:\cygvm\setup.log.full (Cygwin setup), and Windows Setup's setuperr.log and setupact.log in C:\$WINDOWS.~BT\Sources\Panther, C:\Windows\Panther and C:\Windows\Panther\UnattendGC (see docs/windows.md for reading them from the disk image)"
             }
         }
     }
@@ -200,9 +213,18 @@ pub enum StandinPhase {
     Boot,
 }
 
-/// Cygwin script (password on stdin) that maps both shares persistently,
-/// keeps them from idling out, mounts them at /inputs and /outputs, and
-/// installs the helper later SSH sessions call to reconnect.
+/// Cygwin script (password on stdin) that connects both shares with
+/// explicit credentials, mounts them at /inputs and /outputs through
+/// /etc/fstab, and installs the helper later SSH sessions call to connect
+/// again: a key logon's token has no network credentials, and `net use`
+/// connections belong to one logon session.
+///
+/// `/persistent:yes` is kept for the record but remembers nothing here:
+/// Windows remembers only connections that redirect a local device, not
+/// deviceless ones. `net config server /autodisconnect:-1` configures the
+/// guest's own Server service (sessions of clients *of the guest*), not the
+/// guest's connections to the controller; it is best effort and must not
+/// fail the mapping where that service is stopped.
 fn windows_share_script(controller: Ipv4Addr, user: &str) -> String {
     let user = quote(user);
     format!(
@@ -225,7 +247,7 @@ for s in inputs outputs; do
   net use "\\\\{controller}\\$s" /delete /y >/dev/null 2>&1 || true
   net use "\\\\{controller}\\$s" "$pw" /user:{user} /persistent:yes
 done
-net config server /autodisconnect:-1 >/dev/null
+net config server /autodisconnect:-1 >/dev/null 2>&1 || true
 for s in inputs outputs; do
   mkdir -p "/$s"
   grep -q " /$s " /etc/fstab || echo "//{controller}/$s /$s ntfs binary,noacl,posix=0 0 0" >> /etc/fstab
@@ -287,6 +309,42 @@ mod tests {
         );
         assert!(win.command.contains("/persistent:yes"));
         assert!(win.command.contains("/autodisconnect:-1"));
+    }
+
+    #[test]
+    fn the_windows_clock_needs_neither_powershell_nor_dotnet_4_6() {
+        // PowerShell is missing on XP/2003, and FromUnixTimeSeconds needs
+        // .NET 4.6, which 7, 8.1 and Server 2012 R2 do not ship.
+        let win = GuestOs::Windows.set_clock(1_700_000_000);
+        assert!(!win.contains("powershell"), "{win}");
+        assert!(!win.contains("FromUnixTimeSeconds"), "{win}");
+        assert_eq!(win, "date -u -s @1700000000 >/dev/null");
+    }
+
+    #[test]
+    fn the_windows_poweroff_is_the_system32_shutdown() {
+        // A bare `shutdown` finds Cygwin's /usr/bin/shutdown first when the
+        // `shutdown` package is installed.
+        let cmd = GuestOs::Windows.poweroff();
+        assert!(
+            cmd.starts_with(r#""$(cygpath -S)/shutdown.exe" /s "#),
+            "{cmd}"
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &cmd])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+
+    #[test]
+    fn the_server_autodisconnect_setting_cannot_fail_the_mapping() {
+        let script = windows_share_script(Ipv4Addr::new(192, 168, 0, 2), "cygvm");
+        let line = script
+            .lines()
+            .find(|l| l.starts_with("net config server"))
+            .unwrap();
+        assert!(line.ends_with("|| true"), "{line}");
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
     ));
     let installed = match outcome {
         Ok(i) => i,
-        Err(e) => return Err(failed(e, &pending)),
+        Err(e) => return Err(failed(e, &pending, opts.keep_failed)),
     };
 
     let manifest = Manifest {
@@ -139,14 +139,36 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
     Ok(ExitCode::SUCCESS)
 }
 
-/// Keeps the failed attempt's logs next to the image and says where.
-fn failed(e: anyhow::Error, pending: &PendingGeneration) -> anyhow::Error {
-    match pending.keep_logs() {
-        Some(dir) => e.context(format!(
+/// Keeps the failed attempt's logs next to the image and says where. With
+/// `keep_disk` (`--keep-failed`) its disk and UEFI variables go there too:
+/// a Windows guest that never answered SSH keeps its Setup and first-logon
+/// logs only on that disk (docs/windows.md says how to read them).
+fn failed(e: anyhow::Error, pending: &PendingGeneration, keep_disk: bool) -> anyhow::Error {
+    let Some(dir) = pending.keep_logs() else {
+        return e.context("install failed");
+    };
+    let mut kept = Vec::new();
+    if keep_disk {
+        for src in [pending.disk(), pending.dir.join("OVMF_VARS.fd")] {
+            let Some(name) = src.file_name() else {
+                continue;
+            };
+            if src.exists() && std::fs::rename(&src, dir.join(name)).is_ok() {
+                kept.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    if kept.is_empty() {
+        e.context(format!(
             "install failed; the attempt's logs are in {}",
             dir.display()
-        )),
-        None => e.context("install failed"),
+        ))
+    } else {
+        e.context(format!(
+            "install failed; the attempt's logs and its {} are in {}",
+            kept.join(" and "),
+            dir.display()
+        ))
     }
 }
 
@@ -325,6 +347,10 @@ impl InstallJob<'_> {
 
         // snapshot: the booted guest with its shares mapped, paused and
         // saved; the disk is complete once QEMU has finished the migration.
+        ctrl.agent
+            .exec_checked(&os.flush_disks(), None)
+            .await
+            .context("cannot flush the guest's disks before the snapshot")?;
         let progress = PhaseProgress::start("snapshot", run_dir.join("guest.serial.log"), true);
         let state = save_state(&guest, &run_dir, &self.state).await?;
         tracing::info!(
@@ -336,5 +362,31 @@ impl InstallJob<'_> {
         drop(progress);
         let _ = ctrl.agent.shutdown().await;
         Ok(Installed { identity, state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_install_keeps_its_disk_only_when_asked() {
+        for keep in [false, true] {
+            let tmp = tempfile::tempdir().unwrap();
+            let image = ImageDir::new(tmp.path().join("img"));
+            let lock = image.lock_exclusive().unwrap();
+            let pending = image.begin_generation(&lock).unwrap();
+            std::fs::create_dir_all(pending.logs()).unwrap();
+            std::fs::write(pending.logs().join("guest.serial.log"), "x").unwrap();
+            std::fs::write(pending.disk(), "disk").unwrap();
+            std::fs::write(pending.dir.join("OVMF_VARS.fd"), "vars").unwrap();
+            let err = failed(anyhow!("boom"), &pending, keep);
+            drop(pending);
+            let kept = tmp.path().join("img/failed-gen-0001-logs");
+            assert!(kept.join("guest.serial.log").is_file());
+            assert_eq!(kept.join("disk.qcow2").is_file(), keep, "{err:#}");
+            assert_eq!(kept.join("OVMF_VARS.fd").is_file(), keep);
+            assert_eq!(format!("{err:#}").contains("disk.qcow2"), keep, "{err:#}");
+        }
     }
 }

@@ -259,6 +259,12 @@ async fn update_and_save(
             }
         }
     }
+    running
+        .ctrl
+        .agent
+        .exec_checked(&os.flush_disks(), None)
+        .await
+        .context("cannot flush the guest's disks before the snapshot")?;
     let identity = Identity::query(&running.guest, &running.spec).await?;
     let summary = save_state(&running.guest, &run_dir, state).await?;
     Ok((identity, summary))
