@@ -5,120 +5,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+#[path = "common/workspace.rs"]
+mod workspace;
 
-struct Workspace {
-    dir: tempfile::TempDir,
-    runtime: PathBuf,
-}
-
-impl Workspace {
-    fn installed() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mirror = repo().join("examples/standin/mirror");
-        let config = format!(
-            "[image]\nname = \"snap\"\ndir = \"images\"\n\n[guest]\nos = \"linux-standin\"\n\
-             memory = \"384M\"\ncpus = 1\ndisk = \"1G\"\n\n[cygwin]\nmirror = \"{}\"\n\
-             packages = [\"openssh\"]\n\n[provision]\ncommands = [\"echo provisioned > ~/provisioned\"]\n",
-            mirror.display()
-        );
-        std::fs::write(dir.path().join("cygvm.toml"), config).unwrap();
-        let runtime = dir.path().join("runtime");
-        std::fs::create_dir(&runtime).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let ws = Self { dir, runtime };
-        let out = ws
-            .cygvm()
-            .args(["install", "--config", "cygvm.toml"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "install failed:\n{}",
-            text(&out.stderr)
-        );
-        ws
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn image(&self) -> PathBuf {
-        self.path().join("images/snap")
-    }
-
-    fn generation(&self, n: u32) -> PathBuf {
-        self.image().join(format!("gen-{n:04}"))
-    }
-
-    fn cygvm(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cygvm"));
-        cmd.env("XDG_RUNTIME_DIR", &self.runtime)
-            .env_remove("RUST_LOG")
-            .current_dir(self.path());
-        cmd
-    }
-
-    fn run(&self, extra: &[&str], command: &[&str]) -> Output {
-        self.cygvm()
-            .args(["run", "--image"])
-            .arg(self.image())
-            .args(extra)
-            .arg("--")
-            .args(command)
-            .output()
-            .unwrap()
-    }
-
-    fn refresh(&self, command: &[&str]) -> Output {
-        let mut cmd = self.cygvm();
-        cmd.args(["refresh", "--image"]).arg(self.image());
-        if !command.is_empty() {
-            cmd.arg("--").args(command);
-        }
-        cmd.output().unwrap()
-    }
-
-    fn qemu_processes(&self) -> usize {
-        let needle = self.path().to_string_lossy().into_owned();
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains(&needle) && (c.contains("qemu-system") || c.contains("vde_switch"))
-                })
-            })
-            .count()
-    }
-
-    fn run_dirs(&self) -> usize {
-        std::fs::read_dir(self.runtime.join("cygvm"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+use workspace::{Workspace, text, vm_lock};
 
 fn shared() -> &'static Workspace {
     static WS: OnceLock<Workspace> = OnceLock::new();
-    WS.get_or_init(Workspace::installed)
+    WS.get_or_init(|| Workspace::installed("snap"))
 }
 
 fn unix_now() -> i64 {
@@ -182,8 +79,8 @@ fn a_revived_run_has_output_status_files_shares_and_the_right_time() {
         std::fs::read(generation.join("disk.qcow2")).unwrap(),
         disk_before
     );
-    assert_eq!(ws.qemu_processes(), 0);
-    assert_eq!(ws.run_dirs(), 0);
+    assert_eq!(ws.processes().len(), 0);
+    assert_eq!(ws.run_dirs().len(), 0);
 }
 
 #[test]
@@ -285,7 +182,7 @@ fn damaged_or_foreign_snapshots_are_refused_before_any_guest_starts() {
         "should name the damaged member: {err}"
     );
     assert!(err.contains("--cold"), "should say what to do: {err}");
-    assert_eq!(ws.run_dirs(), 0, "a guest was started");
+    assert_eq!(ws.run_dirs().len(), 0, "a guest was started");
 
     // Truncated.
     let truncated = damaged_copy(ws, "truncated");
@@ -301,7 +198,7 @@ fn damaged_or_foreign_snapshots_are_refused_before_any_guest_starts() {
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("truncated"), "{err}");
-    assert_eq!(ws.run_dirs(), 0);
+    assert_eq!(ws.run_dirs().len(), 0);
 
     // Another QEMU version, then another device set.
     let foreign = damaged_copy(ws, "foreign");
@@ -325,7 +222,7 @@ fn damaged_or_foreign_snapshots_are_refused_before_any_guest_starts() {
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("device set differs"), "{err}");
-    assert_eq!(ws.run_dirs(), 0);
+    assert_eq!(ws.run_dirs().len(), 0);
 
     // The same damaged image still runs cold.
     let out = ws
@@ -343,7 +240,7 @@ fn damaged_or_foreign_snapshots_are_refused_before_any_guest_starts() {
 #[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
 fn refresh_makes_a_verified_generation_and_keeps_the_old_one_intact() {
     let _vm = vm_lock();
-    let ws = Workspace::installed();
+    let ws = Workspace::installed("snap");
     let gen1 = ws.generation(1);
     let disk1 = std::fs::read(gen1.join("disk.qcow2")).unwrap();
     let state1 = std::fs::read(gen1.join("state.gz")).unwrap();
@@ -387,14 +284,14 @@ fn refresh_makes_a_verified_generation_and_keeps_the_old_one_intact() {
         std::fs::read_link(ws.image().join("current")).unwrap(),
         PathBuf::from("gen-0003")
     );
-    assert_eq!(ws.qemu_processes(), 0);
+    assert_eq!(ws.processes().len(), 0);
 }
 
 #[test]
 #[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
 fn kill_9_during_the_refresh_save_leaves_a_working_current() {
     let _vm = vm_lock();
-    let ws = Workspace::installed();
+    let ws = Workspace::installed("snap");
     let mut child = ws
         .cygvm()
         .args(["refresh", "--image"])
@@ -425,10 +322,10 @@ fn kill_9_during_the_refresh_save_leaves_a_working_current() {
     assert!(saving, "the refresh never started saving");
     // PDEATHSIG takes the VMs down with cygvm.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ws.qemu_processes() > 0 && Instant::now() < deadline {
+    while !ws.processes().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(ws.qemu_processes(), 0, "VMs outlived a killed cygvm");
+    assert_eq!(ws.processes().len(), 0, "VMs outlived a killed cygvm");
     assert_eq!(
         std::fs::read_link(ws.image().join("current")).unwrap(),
         PathBuf::from("gen-0001")

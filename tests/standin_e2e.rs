@@ -4,131 +4,20 @@
 //! would. Each test runs cygvm with its own XDG_RUNTIME_DIR, so its run
 //! directories (and the processes recorded in them) can be checked.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+#[path = "common/workspace.rs"]
+mod workspace;
 
-/// A directory with a stand-in config whose image lives inside it.
-struct Workspace {
-    dir: tempfile::TempDir,
-    runtime: PathBuf,
-}
-
-impl Workspace {
-    fn new(extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mirror = repo().join("examples/standin/mirror");
-        let config = format!(
-            "[image]\nname = \"e2e\"\ndir = \"images\"\n\n[guest]\nos = \"linux-standin\"\n\
-             memory = \"384M\"\ncpus = 1\ndisk = \"1G\"\n{extra}\n[cygwin]\nmirror = \"{}\"\n\
-             packages = [\"openssh\"]\n\n[provision]\ncommands = [\"echo provisioned > ~/provisioned\"]\n",
-            mirror.display()
-        );
-        std::fs::write(dir.path().join("cygvm.toml"), config).unwrap();
-        let runtime = dir.path().join("runtime");
-        std::fs::create_dir(&runtime).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
-        Self { dir, runtime }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn image(&self) -> PathBuf {
-        self.path().join("images/e2e")
-    }
-
-    fn cygvm(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cygvm"));
-        cmd.env("XDG_RUNTIME_DIR", &self.runtime)
-            .env_remove("RUST_LOG")
-            .current_dir(self.path());
-        cmd
-    }
-
-    fn install(&self) -> Output {
-        self.cygvm()
-            .args(["install", "--config", "cygvm.toml"])
-            .output()
-            .unwrap()
-    }
-
-    fn run(&self, extra: &[&str], command: &[&str]) -> Output {
-        self.cygvm()
-            .args(["run", "--cold", "--image"])
-            .arg(self.image())
-            .args(extra)
-            .arg("--")
-            .args(command)
-            .output()
-            .unwrap()
-    }
-
-    /// Run directories still present under this workspace's runtime dir.
-    fn run_dirs(&self) -> Vec<String> {
-        match std::fs::read_dir(self.runtime.join("cygvm")) {
-            Ok(entries) => entries
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// Processes whose command line mentions this workspace.
-    fn processes(&self) -> Vec<String> {
-        let needle = self.path().to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&needle)
-                && (cmdline.contains("qemu-system") || cmdline.contains("vde_switch"))
-            {
-                found.push(format!("{name}: {cmdline}"));
-            }
-        }
-        found
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// VMs under TCG share two cores; tests that boot them take turns, except
-/// the one that runs two at once on purpose.
-fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+use workspace::{Workspace, text, vm_lock};
 
 /// One installed image shared by the tests that only run commands in it.
 fn shared() -> &'static Workspace {
     static WS: OnceLock<Workspace> = OnceLock::new();
-    WS.get_or_init(|| {
-        let ws = Workspace::new("");
-        let out = ws.install();
-        assert!(
-            out.status.success(),
-            "install failed:\n{}\n{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        ws
-    })
+    WS.get_or_init(|| Workspace::installed("e2e"))
 }
 
 #[test]
@@ -162,6 +51,7 @@ fn install_then_run_returns_status_output_and_files() {
     std::fs::write(input.join("in"), "hello from the host\n").unwrap();
     let out = ws.run(
         &[
+            "--cold",
             "--input",
             input.to_str().unwrap(),
             "--output",
@@ -212,7 +102,10 @@ fn inputs_are_read_only_the_network_is_private_and_samba_wants_a_password() {
             echo anonymous-smb: refused
         fi
     "#;
-    let out = ws.run(&["--input", input.to_str().unwrap()], &["sh", "-c", script]);
+    let out = ws.run(
+        &["--cold", "--input", input.to_str().unwrap()],
+        &["sh", "-c", script],
+    );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("inputs-write: refused"), "{stdout}");
@@ -274,14 +167,14 @@ fn two_cold_runs_of_one_image_at_once() {
 #[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
 fn a_guest_with_another_host_key_is_refused() {
     let _vm = vm_lock();
-    let ws = Workspace::new("");
+    let ws = Workspace::new("e2e", "");
     let out = ws.install();
     assert!(out.status.success(), "{}", text(&out.stderr));
     // The host's pinned key no longer matches what the guest presents.
     let key = ws.image().join("secrets/ssh_host_ed25519_key");
     std::fs::remove_file(&key).unwrap();
     cygvm::secrets::ImageSecrets::load_or_create(&ws.image().join("secrets"), None).unwrap();
-    let out = ws.run(&[], &["true"]);
+    let out = ws.run(&["--cold"], &["true"]);
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("not the pinned"), "{stderr}");
@@ -292,7 +185,10 @@ fn a_guest_with_another_host_key_is_refused() {
 #[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
 fn a_guest_whose_sshd_never_starts_fails_the_install_in_time() {
     let _vm = vm_lock();
-    let ws = Workspace::new("kernel_args = [\"cygvm.sshd=off\"]\n[timeouts]\nboot = \"25s\"\n");
+    let ws = Workspace::new(
+        "e2e",
+        "kernel_args = [\"cygvm.sshd=off\"]\n[timeouts]\nboot = \"25s\"\n",
+    );
     let started = Instant::now();
     let out = ws.install();
     let took = started.elapsed();

@@ -15,8 +15,8 @@ use crate::guest::GuestOs;
 use crate::image::{ImageDir, PendingGeneration};
 use crate::media;
 use crate::phases::instance::{
-    self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, log_report, mount_shares,
-    spawn_controller, start_guest, wait_for_ssh,
+    self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, copy_logs, log_report, mount_shares,
+    run_provision, spawn_controller, start_guest, wait_for_ssh,
 };
 use crate::phases::migration::save_state;
 use crate::phases::progress::PhaseProgress;
@@ -204,18 +204,7 @@ impl InstallJob<'_> {
         let result = self.phases(sup).await;
         // Whatever happened, the logs go with the generation (or its
         // failed-attempt directory) before the run dir is removed.
-        let run_dir = sup.run_dir().path().to_path_buf();
-        for name in [
-            "guest.serial.log",
-            "controller.serial.log",
-            "guest.log",
-            "controller.log",
-        ] {
-            let src = run_dir.join(name);
-            if src.exists() {
-                let _ = std::fs::copy(&src, self.logs.join(name));
-            }
-        }
+        copy_logs(sup.run_dir().path(), &self.logs, "");
         result
     }
 
@@ -324,26 +313,7 @@ impl InstallJob<'_> {
         }
         mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
 
-        for (n, command) in config.provision.commands.iter().enumerate() {
-            tracing::info!(
-                "[provision] {}/{}: {command}",
-                n + 1,
-                config.provision.commands.len()
-            );
-            let argv = ["sh".to_string(), "-c".to_string(), command.clone()];
-            let wrapped = os.shell_command(&argv);
-            let exit = ctrl
-                .agent
-                .exec(&wrapped, &mut tokio::io::stderr(), &mut tokio::io::stderr())
-                .await?;
-            if exit.exit_code() != 0 {
-                bail!(
-                    "phase provision: command {} of key provision.commands ({command:?}) ended with {}",
-                    n + 1,
-                    exit.exit_code()
-                );
-            }
-        }
+        run_provision(&mut ctrl.agent, config, os).await?;
 
         // snapshot: the booted guest with its shares mapped, paused and
         // saved; the disk is complete once QEMU has finished the migration.

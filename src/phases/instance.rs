@@ -104,23 +104,45 @@ impl HostArtifacts {
 
     /// `qemu-img create`: a new disk, or an overlay over `backing`.
     pub fn create_disk(&self, path: &Path, size: u64, backing: Option<&Path>) -> Result<()> {
-        let mut cmd = std::process::Command::new(&self.qemu_img);
-        cmd.args(["create", "-q", "-f", "qcow2"]);
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["create".into(), "-q".into(), "-f".into(), "qcow2".into()];
         if let Some(b) = backing {
-            let b = std::path::absolute(b)?;
-            cmd.args(["-F", "qcow2", "-b"]).arg(b);
+            args.extend([
+                "-F".into(),
+                "qcow2".into(),
+                "-b".into(),
+                std::path::absolute(b)?.into(),
+            ]);
         }
-        cmd.arg(path);
+        args.push(path.into());
         if backing.is_none() {
-            cmd.arg(size.to_string());
+            args.push(size.to_string().into());
         }
-        let out = cmd
+        self.qemu_img(&args, path)
+    }
+
+    /// `qemu-img convert`: a disk and its backing chain into one standalone image.
+    pub fn convert_disk(&self, source: &Path, dest: &Path) -> Result<()> {
+        let args: Vec<std::ffi::OsString> = vec![
+            "convert".into(),
+            "-q".into(),
+            "-O".into(),
+            "qcow2".into(),
+            source.into(),
+            dest.into(),
+        ];
+        self.qemu_img(&args, dest)
+    }
+
+    fn qemu_img(&self, args: &[std::ffi::OsString], target: &Path) -> Result<()> {
+        let out = std::process::Command::new(&self.qemu_img)
+            .args(args)
             .output()
             .with_context(|| format!("cannot run {}", self.qemu_img.display()))?;
         if !out.status.success() {
             bail!(
-                "qemu-img could not create {}: {}",
-                path.display(),
+                "qemu-img could not write {}: {}",
+                target.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
@@ -472,4 +494,45 @@ pub async fn mount_shares(
         .await
         .context("cannot map the shares in the guest")?;
     Ok(())
+}
+
+/// Runs the config's provision commands in the guest's shell, in order;
+/// their output goes to cygvm's stderr.
+pub async fn run_provision(agent: &mut AgentClient, config: &Config, os: GuestOs) -> Result<()> {
+    let commands = &config.provision.commands;
+    for (n, command) in commands.iter().enumerate() {
+        tracing::info!("[provision] {}/{}: {command}", n + 1, commands.len());
+        let argv = ["sh".to_string(), "-c".to_string(), command.clone()];
+        let exit = agent
+            .exec(
+                &os.shell_command(&argv),
+                &mut tokio::io::stderr(),
+                &mut tokio::io::stderr(),
+            )
+            .await?;
+        if exit.exit_code() != 0 {
+            bail!(
+                "phase provision: command {} of key provision.commands ({command:?}) ended with {}",
+                n + 1,
+                exit.exit_code()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Copies the run's logs into `dest`, names prefixed with `prefix`, before
+/// the run directory goes away.
+pub fn copy_logs(run_dir: &Path, dest: &Path, prefix: &str) {
+    for name in [
+        "guest.serial.log",
+        "controller.serial.log",
+        "guest.log",
+        "controller.log",
+    ] {
+        let src = run_dir.join(name);
+        if src.exists() {
+            let _ = std::fs::copy(&src, dest.join(format!("{prefix}{name}")));
+        }
+    }
 }

@@ -16,7 +16,9 @@ use crate::guest::{GuestOs, UPDATE_NEEDS_REBOOT};
 use crate::image::{Generation, ImageDir, PendingGeneration};
 use crate::media;
 use crate::phases::install::disk_entry;
-use crate::phases::instance::{HostArtifacts, mount_shares, wait_for_ssh};
+use crate::phases::instance::{
+    HostArtifacts, copy_logs, mount_shares, run_provision, wait_for_ssh,
+};
 use crate::phases::migration::save_state;
 use crate::phases::run::{Instance, RunOptions, run_command};
 use crate::phases::{Identity, runtime, supervise};
@@ -149,14 +151,14 @@ fn refresh(
                 &pending.state(),
             )
             .await;
-            copy_logs(sup.run_dir().path(), &logs);
+            copy_logs(sup.run_dir().path(), &logs, "refresh-");
             result
         },
     ))?;
 
     // The overlay becomes a standalone base disk; the old one is untouched.
     let overlay = pending.dir.join("overlay.qcow2");
-    convert_disk(art, &overlay, &pending.disk())?;
+    art.convert_disk(&overlay, &pending.disk())?;
     std::fs::remove_file(&overlay)?;
     std::fs::remove_dir_all(&inputs)?;
     let old = Manifest::load(&current.manifest())?;
@@ -239,25 +241,7 @@ async fn update_and_save(
         code => bail!("phase update: `{update}` ended with {code}"),
     }
     if default_update {
-        for (n, command) in config.provision.commands.iter().enumerate() {
-            let argv = ["sh".to_string(), "-c".to_string(), command.clone()];
-            let exit = running
-                .ctrl
-                .agent
-                .exec(
-                    &os.shell_command(&argv),
-                    &mut tokio::io::stderr(),
-                    &mut tokio::io::stderr(),
-                )
-                .await?;
-            if exit.exit_code() != 0 {
-                bail!(
-                    "phase provision: command {} of key provision.commands ({command:?}) ended with {}",
-                    n + 1,
-                    exit.exit_code()
-                );
-            }
-        }
+        run_provision(&mut running.ctrl.agent, config, os).await?;
     }
     running
         .ctrl
@@ -268,36 +252,4 @@ async fn update_and_save(
     let identity = Identity::query(&running.guest, &running.spec).await?;
     let summary = save_state(&running.guest, &run_dir, state).await?;
     Ok((identity, summary))
-}
-
-fn copy_logs(run_dir: &Path, logs: &Path) {
-    for name in [
-        "guest.serial.log",
-        "controller.serial.log",
-        "guest.log",
-        "controller.log",
-    ] {
-        let src = run_dir.join(name);
-        if src.exists() {
-            let _ = std::fs::copy(&src, logs.join(format!("refresh-{name}")));
-        }
-    }
-}
-
-/// `qemu-img convert`: the overlay and its backing chain into one image.
-fn convert_disk(art: &HostArtifacts, overlay: &Path, dest: &Path) -> Result<()> {
-    let out = std::process::Command::new(&art.qemu_img)
-        .args(["convert", "-q", "-O", "qcow2"])
-        .arg(overlay)
-        .arg(dest)
-        .output()
-        .with_context(|| format!("cannot run {}", art.qemu_img.display()))?;
-    if !out.status.success() {
-        bail!(
-            "qemu-img could not write the new base disk {}: {}",
-            dest.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
