@@ -74,6 +74,13 @@ pub fn run_command(
     let os = GuestOs::from_config(&config);
     let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
     let art = HostArtifacts::prepare(os)?;
+    // The overlay takes every write the guest makes: it lives on the image's
+    // disk, not in the run dir (often a small tmpfs under XDG_RUNTIME_DIR),
+    // and goes when the run ends.
+    let scratch = tempfile::Builder::new()
+        .prefix(".run-")
+        .tempdir_in(&image.root)
+        .with_context(|| format!("cannot create a scratch directory in {}", image.root.display()))?;
     let job = Instance {
         config: &config,
         os,
@@ -81,7 +88,7 @@ pub fn run_command(
         secrets: &secrets,
         generation,
         opts,
-        state_dir: None,
+        state_dir: Some(scratch.path().to_path_buf()),
     };
     let revive = job.check_snapshot()?;
     runtime()?.block_on(supervise(
