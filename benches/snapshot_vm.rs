@@ -202,7 +202,8 @@ async fn compare(image: &Path, store: &Path) -> Result<Vec<Method>> {
     let config = Config::load_generation(&generation.dir)?;
     let os = GuestOs::from_config(&config);
     let secrets = ImageSecrets::load_or_create(&image_dir.secrets(), None)?;
-    let art = HostArtifacts::prepare(os)?;
+    // This benchmark's own binary is no agent: give the controller cygvm's.
+    let art = HostArtifacts::prepare_with_agent(os, Path::new(env!("CARGO_BIN_EXE_cygvm")))?;
     let opts = RunOptions {
         image: image.to_path_buf(),
         input: None,

@@ -83,6 +83,7 @@ pub fn run_checks(image_dir: &Path) -> Vec<Check> {
         check_versioned(host_tools::SMBD, &["--version"]),
         check_busybox(),
         check_kernel(Path::new("/boot"), Path::new("/lib/modules")),
+        check_ovmf(Path::new(crate::vm::qemu::OVMF_CODE_4M)),
         check_accel(),
         check_disk(image_dir),
     ]
@@ -205,6 +206,27 @@ fn check_kernel(boot: &Path, modules: &Path) -> Check {
     }
 }
 
+/// UEFI firmware: needed only for Windows guests with firmware = "uefi".
+fn check_ovmf(code: &Path) -> Check {
+    if code.is_file() {
+        Check::new(
+            Status::Ok,
+            "UEFI firmware (OVMF)",
+            code.display().to_string(),
+        )
+    } else {
+        Check::new(
+            Status::Warn,
+            "UEFI firmware (OVMF)",
+            format!(
+                "{} not found; UEFI Windows guests need it: install package {}",
+                code.display(),
+                crate::vm::qemu::OVMF_PACKAGE
+            ),
+        )
+    }
+}
+
 fn check_accel() -> Check {
     match accel::choose() {
         (Accel::Kvm, why) => Check::new(Status::Ok, "accelerator", why),
@@ -253,6 +275,13 @@ mod tests {
             "{}",
             c.detail
         );
+    }
+
+    #[test]
+    fn missing_ovmf_is_a_warning_naming_the_package() {
+        let c = check_ovmf(Path::new("/nonexistent/OVMF_CODE_4M.fd"));
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("install package ovmf"), "{}", c.detail);
     }
 
     #[test]

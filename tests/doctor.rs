@@ -17,6 +17,7 @@ fn doctor_reports_every_check_and_passes_on_a_prepared_host() {
         "smbd",
         "busybox (static)",
         "controller kernel",
+        "UEFI firmware (OVMF)",
         "accelerator",
         "disk space",
     ] {

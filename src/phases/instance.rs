@@ -57,9 +57,17 @@ fn require(program: HostProgram) -> Result<PathBuf> {
 }
 
 impl HostArtifacts {
-    /// Finds the programs and builds (or takes from the cache) the initrds.
-    /// Fails before anything starts, naming the missing package.
+    /// Finds the programs and builds (or takes from the cache) the initrds,
+    /// with this cygvm binary as the controller's agent. Fails before
+    /// anything starts, naming the missing package.
     pub fn prepare(os: GuestOs) -> Result<Self> {
+        let exe = std::env::current_exe().context("cannot find cygvm's own binary")?;
+        Self::prepare_with_agent(os, &exe)
+    }
+
+    /// Like [`HostArtifacts::prepare`], with `agent` (a cygvm binary) as
+    /// the controller's agent: for programs that link the library.
+    pub fn prepare_with_agent(os: GuestOs, agent: &Path) -> Result<Self> {
         let qemu = require(host_tools::QEMU_SYSTEM)?;
         let qemu_img = require(host_tools::QEMU_IMG)?;
         require(host_tools::VDE_SWITCH)?;
@@ -73,7 +81,7 @@ impl HostArtifacts {
         let cache = controller::initrd::default_cache_dir();
         let kernel = controller::kernel::pvh_kernel(&parts.kernel, &cache)
             .context("cannot prepare the controller kernel")?;
-        let agent = agent_binary(&cache)?;
+        let agent = agent_binary(agent, &cache)?;
         let controller_initrd = controller::controller_initrd(&parts, Some(&agent))?
             .build_cached(&cache)
             .context("cannot build the controller initrd")?
@@ -153,8 +161,7 @@ impl HostArtifacts {
 /// cygvm's own binary for the controller, without debug info (an
 /// unoptimized build is ~100 MiB with it, more than the initrd's tmpfs
 /// holds). A temporary file, so concurrent runs do not share it.
-fn agent_binary(cache: &Path) -> Result<tempfile::TempPath> {
-    let exe = std::env::current_exe().context("cannot find cygvm's own binary")?;
+fn agent_binary(exe: &Path, cache: &Path) -> Result<tempfile::TempPath> {
     std::fs::create_dir_all(cache)?;
     let tmp = tempfile::Builder::new()
         .prefix(".agent-")
@@ -164,7 +171,7 @@ fn agent_binary(cache: &Path) -> Result<tempfile::TempPath> {
         .arg("--strip-debug")
         .arg("-o")
         .arg(&*tmp)
-        .arg(&exe)
+        .arg(exe)
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
@@ -172,7 +179,7 @@ fn agent_binary(cache: &Path) -> Result<tempfile::TempPath> {
         tracing::warn!(
             "strip (package binutils) failed; the controller gets cygvm with its debug info"
         );
-        std::fs::copy(&exe, &tmp)?;
+        std::fs::copy(exe, &tmp)?;
     }
     Ok(tmp)
 }

@@ -80,7 +80,12 @@ pub fn run_command(
     let scratch = tempfile::Builder::new()
         .prefix(".run-")
         .tempdir_in(&image.root)
-        .with_context(|| format!("cannot create a scratch directory in {}", image.root.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create a scratch directory in {}",
+                image.root.display()
+            )
+        })?;
     let job = Instance {
         config: &config,
         os,
