@@ -47,13 +47,64 @@ fn xfl(level: i32) -> u8 {
     }
 }
 
-/// Compresses `data` into one complete gzip member.
+/// Bytes of a member compressed first to tell whether the rest is worth it.
+const PROBE: usize = 64 << 10;
+/// A probe that shrinks by less than this (in percent of its size) marks
+/// the member incompressible: guest RAM holding random or already
+/// compressed data.
+const WORTH_IT_PERCENT: usize = 97;
+/// The largest stored deflate block.
+const STORED_BLOCK: usize = 65_535;
+
+/// Whether deflating `data` would gain next to nothing.
+fn incompressible(compressor: &mut Compressor, data: &[u8]) -> bool {
+    if data.len() <= PROBE * 2 {
+        return false;
+    }
+    let sample = &data[..PROBE];
+    let mut probe = vec![0u8; compressor.deflate_compress_bound(PROBE)];
+    match compressor.deflate_compress(sample, &mut probe) {
+        Ok(n) => n * 100 > PROBE * WORTH_IT_PERCENT,
+        Err(_) => false,
+    }
+}
+
+/// `data` as stored (uncompressed) deflate blocks: RFC 1951 BTYPE 00,
+/// as fast as a copy.
+fn deflate_stored(data: &[u8], out: &mut Vec<u8>) {
+    let mut chunks = data.chunks(STORED_BLOCK).peekable();
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        out.push(u8::from(last));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+}
+
+/// Compresses `data` into one complete gzip member. Members that would not
+/// shrink are stored instead: the same gzip, at the speed of a copy.
 pub fn encode(compressor: &mut Compressor, level: i32, data: &[u8]) -> Vec<u8> {
+    if incompressible(compressor, data) {
+        let blocks = data.len().div_ceil(STORED_BLOCK);
+        let mut out = Vec::with_capacity(HEADER_LEN + data.len() + 5 * blocks + TRAILER_LEN);
+        out.resize(HEADER_LEN, 0);
+        deflate_stored(data, &mut out);
+        let deflated = out.len() - HEADER_LEN;
+        out.resize(HEADER_LEN + deflated + TRAILER_LEN, 0);
+        return finish_member(out, deflated, level, data);
+    }
     let bound = compressor.deflate_compress_bound(data.len());
     let mut out = vec![0u8; HEADER_LEN + bound + TRAILER_LEN];
     let deflated = compressor
         .deflate_compress(data, &mut out[HEADER_LEN..HEADER_LEN + bound])
         .expect("libdeflate's own bound is always enough");
+    finish_member(out, deflated, level, data)
+}
+
+/// Fills in the header and trailer around `deflated` bytes of deflate data.
+fn finish_member(mut out: Vec<u8>, deflated: usize, level: i32, data: &[u8]) -> Vec<u8> {
     let member_len = HEADER_LEN + deflated + TRAILER_LEN;
     out.truncate(member_len);
     out[..10].copy_from_slice(&[0x1f, 0x8b, 8, FLG_FEXTRA, 0, 0, 0, 0, xfl(level), OS_UNIX]);
@@ -182,6 +233,47 @@ mod tests {
         assert_eq!(frame.crc32, libdeflater::crc32(&data));
         let back = decode(&mut Decompressor::new(), &member, data.len() as u64).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn incompressible_members_are_stored_and_still_gzip() {
+        // xorshift noise: deflate cannot shrink it.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..(1 << 20) + 12_345)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let member = encode(&mut compressor(1), 1, &data);
+        let blocks = data.len().div_ceil(STORED_BLOCK);
+        assert_eq!(
+            member.len(),
+            HEADER_LEN + data.len() + 5 * blocks + TRAILER_LEN
+        );
+        let back = decode(&mut Decompressor::new(), &member, data.len() as u64).unwrap();
+        assert_eq!(back, data);
+        // An independent decoder agrees.
+        let mut gunzip = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = gunzip.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(&member).unwrap();
+        });
+        let out = gunzip.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, data);
+        // Compressible data is still compressed.
+        let text = b"guest memory full of text ".repeat(40_000);
+        assert!(encode(&mut compressor(1), 1, &text).len() < text.len() / 10);
     }
 
     #[test]
