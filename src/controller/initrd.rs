@@ -21,7 +21,7 @@ use crate::vm::host_tools::ControllerKernel;
 
 /// Bumped whenever the archive layout or compression changes, so cached
 /// images made by an older builder are never reused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Where `add_kernel_modules` records the order init loads modules in.
 pub const MODULES_ORDER: &str = "etc/modules.order";
@@ -388,11 +388,19 @@ impl InitrdBuilder {
     }
 
     /// Returns `<cache_dir>/<hash>.img`, writing it (atomically) only when
-    /// no initrd with the same inputs is there yet.
+    /// no initrd with the same inputs is there yet. The cached image is an
+    /// uncompressed cpio: under TCG the kernel unpacks gzip slowly (about
+    /// 1.3 s of the controller's boot), and the file is read from the page
+    /// cache on every run.
     pub fn build_cached(&self, cache_dir: &Path) -> Result<BuiltInitrd, InitrdError> {
         let hash = self.content_hash();
         let path = cache_dir.join(format!("{hash}.img"));
         if path.is_file() {
+            // Used now: keeps it out of the next prune.
+            let _ = fs::File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(BuiltInitrd {
                 path,
                 hash,
@@ -407,11 +415,12 @@ impl InitrdBuilder {
         let file = AtomicFile::create(&path).map_err(write_err)?;
         file.set_mode(0o644).map_err(write_err)?;
         let file = self
-            .write_gzip(io::BufWriter::new(file))
+            .write_cpio(io::BufWriter::new(file))
             .map_err(write_err)?
             .into_inner()
             .map_err(|e| write_err(e.into_error()))?;
         file.commit().map_err(write_err)?;
+        prune_cache(cache_dir, &path);
         Ok(BuiltInitrd {
             path,
             hash,
@@ -446,6 +455,29 @@ impl InitrdBuilder {
 
 /// The default cache directory: `$XDG_CACHE_HOME/cygvm/initrd` or
 /// `~/.cache/cygvm/initrd`.
+/// Cached initrds unused for this long are removed when a new one is
+/// written (each cygvm build makes a new controller initrd).
+pub const CACHE_UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+fn prune_cache(cache_dir: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > CACHE_UNUSED_FOR);
+        let is_initrd = path.extension().is_some_and(|e| e == "img");
+        if is_initrd && stale && path != keep {
+            tracing::debug!("removing unused cached initrd {}", path.display());
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
 pub fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
@@ -662,6 +694,42 @@ fn module_name(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_initrd_prunes_long_unused_ones_and_a_hit_refreshes_its_own() {
+        let cache = tempfile::tempdir().unwrap();
+        let old = cache.path().join("0ld.img");
+        let recent = cache.path().join("recent.img");
+        let kernel = cache.path().join("vmlinux-6.1.0-old");
+        let long_ago = std::time::SystemTime::now() - CACHE_UNUSED_FOR * 2;
+        for f in [&old, &recent, &kernel] {
+            fs::write(f, b"x").unwrap();
+        }
+        for f in [&old, &kernel] {
+            fs::File::options()
+                .append(true)
+                .open(f)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        let mut b = InitrdBuilder::new();
+        b.add_bytes("/init", "#!/bin/sh\n", 0o755).unwrap();
+        let built = b.build_cached(cache.path()).unwrap();
+        assert!(!built.cache_hit);
+        assert!(!old.exists(), "an initrd unused for weeks stays");
+        assert!(recent.exists() && kernel.exists());
+        // A hit marks the image used.
+        fs::File::options()
+            .append(true)
+            .open(&built.path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert!(b.build_cached(cache.path()).unwrap().cache_hit);
+        let age = fs::metadata(&built.path).unwrap().modified().unwrap();
+        assert!(std::time::SystemTime::now().duration_since(age).unwrap() < CACHE_UNUSED_FOR);
+    }
 
     #[test]
     fn paths_are_normalized_into_merged_usr() {

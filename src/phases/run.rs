@@ -238,17 +238,24 @@ impl Instance<'_> {
         let starting =
             spawn_controller(sup, config, self.art, self.secrets, &switch, &shares).await?;
         let spec = self.guest_spec(&run_dir, &switch.dir, revive.is_some())?;
+        let t0 = std::time::Instant::now();
+        let step =
+            |what: &str| tracing::debug!("[start] {what} at {:.2} s", t0.elapsed().as_secs_f64());
         let guest = start_guest(sup, self.art, &spec).await?;
+        step("guest QEMU up");
         if let Some(revive) = revive {
             load_state(&guest, &run_dir, &revive.state, &revive.summary).await?;
+            step("snapshot loaded, guest resumed");
         }
         let mut ctrl = starting.connect().await?;
+        step("controller agent answered");
         let ssh_timeout = if revive.is_some() {
             REVIVED_SSH_TIMEOUT
         } else {
             config.boot_timeout()
         };
         wait_for_ssh(&mut ctrl.agent, os, "boot", ssh_timeout, &run_dir).await?;
+        step("SSH ready");
         if revive.is_some() {
             // The snapshot's clock stopped when it was saved.
             let now = std::time::SystemTime::now()
@@ -263,6 +270,7 @@ impl Instance<'_> {
         // Revived guests still hold mappings to the controller that saved
         // them; mapping again reconnects them to this one, and checks it.
         mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
+        step("clock set, shares mapped");
         Ok(Running {
             guest,
             ctrl,
