@@ -234,6 +234,67 @@ impl ImageDir {
     }
 }
 
+/// A run's scratch directory beside the image (`.run-XXXX`), for its
+/// overlay. Removed when dropped; its lock tells a later run that a
+/// directory still belongs to a live run rather than to a killed one.
+#[derive(Debug)]
+pub struct RunScratch {
+    dir: tempfile::TempDir,
+    _lock: FileLock,
+}
+
+impl RunScratch {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A scratch directory without its lock file yet is left alone this long:
+/// its run may be just starting.
+const SCRATCH_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl ImageDir {
+    /// A new scratch directory for a run, after removing those of runs
+    /// that were killed.
+    pub fn run_scratch(&self) -> Result<RunScratch, ImageError> {
+        self.clean_stale_scratch();
+        let dir = tempfile::Builder::new()
+            .prefix(".run-")
+            .tempdir_in(&self.root)
+            .map_err(io("create a scratch directory in", &self.root))?;
+        let lock = FileLock::acquire(&dir.path().join(LOCK), libc::LOCK_EX)?;
+        Ok(RunScratch { dir, _lock: lock })
+    }
+
+    fn clean_stale_scratch(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(".run-") {
+                continue;
+            }
+            let dir = entry.path();
+            let lock = dir.join(LOCK);
+            let stale = if lock.exists() {
+                // Not held: the run that made it is gone.
+                FileLock::acquire(&lock, libc::LOCK_EX).is_ok()
+            } else {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > SCRATCH_GRACE)
+            };
+            if stale {
+                tracing::info!("removing {} left by a run that was killed", dir.display());
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+}
+
 /// A generation being built. Dropped unpublished, it is removed.
 #[derive(Debug)]
 pub struct PendingGeneration {
@@ -355,6 +416,25 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.contains(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn a_killed_run_scratch_is_removed_and_a_live_one_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = ImageDir::new(tmp.path().join("img"));
+        fs::create_dir_all(&image.root).unwrap();
+        let live = image.run_scratch().unwrap();
+        // What a SIGKILLed run leaves: the directory and an unheld lock file.
+        let dead = image.root.join(".run-dead");
+        fs::create_dir(&dead).unwrap();
+        fs::write(dead.join(LOCK), b"").unwrap();
+        fs::write(dead.join("overlay.qcow2"), b"big").unwrap();
+        let next = image.run_scratch().unwrap();
+        assert!(!dead.exists(), "the killed run's scratch stays");
+        assert!(live.path().exists() && next.path().exists());
+        let live_path = live.path().to_path_buf();
+        drop(live);
+        assert!(!live_path.exists(), "a finished run's scratch stays");
     }
 
     #[test]

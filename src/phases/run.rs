@@ -77,15 +77,7 @@ pub fn run_command(
     // The overlay takes every write the guest makes: it lives on the image's
     // disk, not in the run dir (often a small tmpfs under XDG_RUNTIME_DIR),
     // and goes when the run ends.
-    let scratch = tempfile::Builder::new()
-        .prefix(".run-")
-        .tempdir_in(&image.root)
-        .with_context(|| {
-            format!(
-                "cannot create a scratch directory in {}",
-                image.root.display()
-            )
-        })?;
+    let scratch = image.run_scratch()?;
     let job = Instance {
         config: &config,
         os,
