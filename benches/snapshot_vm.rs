@@ -33,11 +33,11 @@ use cygvm::image::ImageDir;
 use cygvm::phases::instance::{
     self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, spawn_controller, start_guest,
 };
-use cygvm::phases::migration::{load_state, save_state};
+use cygvm::phases::migration::{load_state, save_state, wait_migration};
 use cygvm::phases::run::{Instance, RunOptions};
 use cygvm::secrets::ImageSecrets;
 use cygvm::snapshot::StateSummary;
-use cygvm::vm::supervisor::{Supervisor, SupervisorOptions, Vm};
+use cygvm::vm::supervisor::{Supervisor, SupervisorOptions};
 use cygvm::vm::vde::VdeSwitch;
 
 const FILL: &str = "set -e; mkdir -p /mnt/fill; mount -t tmpfs -o size=1600m tmpfs /mnt/fill; \
@@ -178,17 +178,6 @@ fn timed_cli(cmd: &mut Command) -> Result<(Duration, String)> {
     Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
-async fn wait_migration(vm: &Vm) -> Result<()> {
-    loop {
-        let info = vm.qmp.query_migrate().await?;
-        match info.status.as_deref() {
-            Some("completed") => return Ok(()),
-            Some("failed" | "cancelled") => bail!("migration failed: {:?}", info.error_desc),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
 fn file_size(path: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)?;
@@ -260,7 +249,7 @@ async fn compare(image: &Path, store: &Path) -> Result<Vec<Method>> {
                     vm.qmp
                         .migrate(&format!("exec:gzip -c > {}", path.display()))
                         .await?;
-                    wait_migration(vm).await?;
+                    wait_migration(vm, "saving").await?;
                     out.push((started.elapsed(), file_size(&path)?));
                 }
                 again().await?;
@@ -275,7 +264,7 @@ async fn compare(image: &Path, store: &Path) -> Result<Vec<Method>> {
                 let path = store.join("d.raw");
                 let started = Instant::now();
                 vm.qmp.migrate(&format!("file:{}", path.display())).await?;
-                wait_migration(vm).await?;
+                wait_migration(vm, "saving").await?;
                 out.push((started.elapsed(), file_size(&path)?));
                 Ok((out, summary))
             },
@@ -369,14 +358,14 @@ async fn revive_once(
                 vm.qmp
                     .migrate_incoming(&format!("file:{}", path.display()))
                     .await?;
-                wait_migration(&vm).await?;
+                wait_migration(&vm, "reviving").await?;
                 vm.qmp.cont().await?;
             }
             _ => {
                 vm.qmp
                     .migrate_incoming(&format!("exec:gzip -c -d {}", path.display()))
                     .await?;
-                wait_migration(&vm).await?;
+                wait_migration(&vm, "reviving").await?;
                 vm.qmp.cont().await?;
             }
         }

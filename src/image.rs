@@ -206,8 +206,7 @@ impl ImageDir {
         fs::create_dir_all(dir.join(LOGS)).map_err(io("create", &dir))?;
         Ok(PendingGeneration {
             image: self.clone(),
-            number: next,
-            dir,
+            generation: Generation { number: next, dir },
             published: false,
         })
     }
@@ -299,32 +298,26 @@ impl ImageDir {
 #[derive(Debug)]
 pub struct PendingGeneration {
     image: ImageDir,
-    pub number: u32,
-    pub dir: PathBuf,
+    /// Its number and (temporary) directory; the file paths come from here.
+    generation: Generation,
     published: bool,
 }
 
-impl PendingGeneration {
-    pub fn disk(&self) -> PathBuf {
-        self.dir.join(DISK)
+impl std::ops::Deref for PendingGeneration {
+    type Target = Generation;
+    fn deref(&self) -> &Generation {
+        &self.generation
     }
-    pub fn state(&self) -> PathBuf {
-        self.dir.join(STATE)
-    }
-    pub fn manifest(&self) -> PathBuf {
-        self.dir.join(MANIFEST)
-    }
-    pub fn logs(&self) -> PathBuf {
-        self.dir.join(LOGS)
-    }
+}
 
+impl PendingGeneration {
     /// fsyncs every file, renames the directory to `gen-NNNN` and points
     /// `current` at it.
     pub fn publish(mut self) -> Result<Generation, ImageError> {
         sync_tree(&self.dir)?;
         let name = generation_name(self.number);
         let final_dir = self.image.root.join(&name);
-        fs::rename(&self.dir, &final_dir).map_err(io("publish", &final_dir))?;
+        fs::rename(&self.generation.dir, &final_dir).map_err(io("publish", &final_dir))?;
         self.published = true;
         crate::fsutil::sync_dir(&self.image.root).map_err(io("sync", &self.image.root))?;
         let tmp_link = self.image.root.join(format!(".{CURRENT}.tmp"));
@@ -353,7 +346,7 @@ impl PendingGeneration {
 impl Drop for PendingGeneration {
     fn drop(&mut self) {
         if !self.published {
-            let _ = fs::remove_dir_all(&self.dir);
+            let _ = fs::remove_dir_all(&self.generation.dir);
         }
     }
 }

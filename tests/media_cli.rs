@@ -44,6 +44,19 @@ impl Setup {
     }
 }
 
+/// A copy of the example mirror (at `<dir>/m`) a test may damage.
+fn copied_mirror() -> tempfile::TempDir {
+    let mirror = tempfile::tempdir().unwrap();
+    tool(
+        Command::new("cp")
+            .arg("-r")
+            .arg(example_mirror())
+            .arg(mirror.path().join("m")),
+        "coreutils",
+    );
+    mirror
+}
+
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -212,14 +225,7 @@ fn the_same_config_gives_identical_media() {
 
 #[test]
 fn a_corrupt_archive_fails_and_keeps_the_previous_media() {
-    let mirror = tempfile::tempdir().unwrap();
-    tool(
-        Command::new("cp")
-            .arg("-r")
-            .arg(example_mirror())
-            .arg(mirror.path().join("m")),
-        "coreutils",
-    );
+    let mirror = copied_mirror();
     let m = mirror.path().join("m");
     let s = Setup::with_mirror(&m, "");
     assert!(s.media().status.success());
@@ -278,14 +284,7 @@ fn an_old_windows_with_a_new_index_is_refused() {
 
 #[test]
 fn windows_without_setup_exe_names_the_key() {
-    let mirror = tempfile::tempdir().unwrap();
-    tool(
-        Command::new("cp")
-            .arg("-r")
-            .arg(example_mirror())
-            .arg(mirror.path().join("m")),
-        "coreutils",
-    );
+    let mirror = copied_mirror();
     let m = mirror.path().join("m");
     std::fs::remove_file(m.join("setup-x86_64.exe")).unwrap();
     let s = Setup::with_mirror(&m, "");

@@ -53,8 +53,9 @@ pub async fn save_state(vm: &Vm, run_dir: &Path, dest: &Path) -> Result<StateSum
     Ok(summary)
 }
 
-/// Polls `query-migrate` until QEMU reports the migration completed.
-async fn wait_migration(vm: &Vm, what: &str) -> Result<()> {
+/// Polls `query-migrate` until QEMU reports the migration completed;
+/// `what` names the step in errors.
+pub async fn wait_migration(vm: &Vm, what: &str) -> Result<()> {
     let deadline = Instant::now() + MIGRATION_DEADLINE;
     loop {
         let info = vm.qmp.query_migrate().await?;

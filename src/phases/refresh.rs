@@ -179,10 +179,6 @@ fn refresh(
 
     // Verify: the new generation revives and runs `true`.
     tracing::info!("[verify] reviving generation {} once", pending.number);
-    let candidate = Generation {
-        number: pending.number,
-        dir: pending.dir.clone(),
-    };
     let verify_opts = RunOptions {
         image: image.root.clone(),
         input: None,
@@ -191,7 +187,7 @@ fn refresh(
         cold: false,
         command: vec!["true".into()],
     };
-    let status = run_command(image, &candidate, &verify_opts, &verify_opts.command)
+    let status = run_command(image, pending, &verify_opts, &verify_opts.command)
         .context("the new generation does not revive")?;
     if status != 0 {
         bail!("the new generation revives, but `true` ended with {status}");
