@@ -197,6 +197,23 @@ impl InitrdBuilder {
         Ok(self)
     }
 
+    /// Like [`InitrdBuilder::add_host_binary`], with the program and its
+    /// libraries below `root`: a tree another root (a chroot) can run it from.
+    pub fn add_host_binary_under(
+        &mut self,
+        root: &str,
+        host_path: &Path,
+        dest: &str,
+    ) -> Result<&mut Self, InitrdError> {
+        let root = root.trim_end_matches('/');
+        self.add_file(&format!("{root}/{}", dest.trim_start_matches('/')), host_path, 0o755)?;
+        for lib in ldd(host_path)? {
+            let dest = library_dest(&lib);
+            self.add_file(&format!("{root}/{}", dest.trim_start_matches('/')), &lib, 0o755)?;
+        }
+        Ok(self)
+    }
+
     /// Adds every file under host directory `source` (recursively, symlinks
     /// followed) below `dest`, keeping permission bits.
     pub fn add_tree(&mut self, dest: &str, source: &Path) -> Result<&mut Self, InitrdError> {

@@ -20,7 +20,33 @@ pub mod files {
     pub const STANDIN_INIT: &str = include_str!("../../controller-initrd/standin-init");
     pub const STANDIN_MODULES: &str = include_str!("../../controller-initrd/standin.modules");
     pub const MOUNT_SHARES: &str = include_str!("../../controller-initrd/cygvm-mount-shares");
+
+    /// Stand-ins of the Windows programs bootstrap.sh calls, as (name, script).
+    pub const STANDIN_WINDOWS: [(&str, &str); 6] = [
+        ("net.exe", include_str!("../../controller-initrd/standin/windows/net.exe")),
+        ("netsh.exe", include_str!("../../controller-initrd/standin/windows/netsh.exe")),
+        ("getmac.exe", include_str!("../../controller-initrd/standin/windows/getmac.exe")),
+        ("ipconfig.exe", include_str!("../../controller-initrd/standin/windows/ipconfig.exe")),
+        ("powercfg.exe", include_str!("../../controller-initrd/standin/windows/powercfg.exe")),
+        ("shutdown.exe", include_str!("../../controller-initrd/standin/windows/shutdown.exe")),
+    ];
+    /// The stand-in of Cygwin's setup.
+    pub const STANDIN_SETUP: &str = include_str!("../../controller-initrd/standin/cygwin/setup");
+    /// Stand-ins of Cygwin programs as (package that ships it, path in the
+    /// Cygwin root, script).
+    pub const STANDIN_CYGWIN: [(&str, &str, &str); 6] = [
+        ("cygwin", "usr/bin/cygpath", include_str!("../../controller-initrd/standin/cygwin/cygpath")),
+        ("cygwin", "usr/bin/getent", include_str!("../../controller-initrd/standin/cygwin/getent")),
+        ("cygrunsrv", "usr/bin/cygrunsrv", include_str!("../../controller-initrd/standin/cygwin/cygrunsrv")),
+        ("openssh", "usr/bin/ssh-host-config", include_str!("../../controller-initrd/standin/cygwin/ssh-host-config")),
+        ("openssh", "usr/bin/ssh-keygen", include_str!("../../controller-initrd/standin/cygwin/ssh-keygen")),
+        ("openssh", "usr/sbin/sshd", include_str!("../../controller-initrd/standin/cygwin/sshd")),
+    ];
 }
+
+/// Where the stand-in keeps the programs its setup stand-in installs per
+/// Cygwin package (`<dir>/<package>/<path in the Cygwin root>`).
+pub const STANDIN_RUNTIME: &str = "/usr/lib/cygvm-standin/runtime";
 
 /// The line the controller prints on its console and virtio-serial port
 /// once smbd serves the shares.
@@ -39,6 +65,14 @@ pub const SMBPASSWD: HostProgram = HostProgram {
 pub const DROPBEAR: HostProgram = HostProgram {
     name: "dropbear",
     package: "dropbear-bin",
+};
+pub const DROPBEARKEY: HostProgram = HostProgram {
+    name: "dropbearkey",
+    package: "dropbear-bin",
+};
+pub const BASH: HostProgram = HostProgram {
+    name: "bash",
+    package: "bash",
 };
 pub const DBCLIENT: HostProgram = HostProgram {
     name: "dbclient",
@@ -72,6 +106,8 @@ pub struct HostParts {
     pub dropbear: PathBuf,
     pub dropbearconvert: PathBuf,
     pub dbclient: PathBuf,
+    pub dropbearkey: PathBuf,
+    pub bash: PathBuf,
 }
 
 impl HostParts {
@@ -97,6 +133,8 @@ impl HostParts {
             dropbear: find(DROPBEAR)?,
             dropbearconvert: find(DROPBEARCONVERT)?,
             dbclient: find(DBCLIENT)?,
+            dropbearkey: find(DROPBEARKEY)?,
+            bash: find(BASH)?,
         })
     }
 }
@@ -129,13 +167,30 @@ pub fn standin_initrd(parts: &HostParts) -> Result<InitrdBuilder, ControllerErro
     let mut b = base(parts)?;
     b.add_kernel_modules(&parts.kernel, &module_names(files::STANDIN_MODULES))?;
     b.add_bytes("/init", files::STANDIN_INIT, 0o755)?;
-    b.add_bytes("/usr/bin/cygvm-mount-shares", files::MOUNT_SHARES, 0o755)?;
-    b.add_host_binary(&parts.dropbear, "/usr/sbin/dropbear")?;
-    b.add_host_binary(&parts.dropbearconvert, "/usr/bin/dropbearconvert")?;
-    // The self-test's SSH login; also handy from the stand-in's console.
-    b.add_host_binary(&parts.dbclient, "/usr/bin/dbclient")?;
     b.add_bytes("/etc/shells", "/bin/sh\n", 0o644)?;
     b.add_bytes("/etc/shadow", "root:*:1:0:99999:7:::\n", 0o600)?;
+    for (name, script) in files::STANDIN_WINDOWS {
+        b.add_bytes(&format!("/usr/lib/cygvm-standin/windows/{name}"), script, 0o755)?;
+    }
+    b.add_bytes("/usr/lib/cygvm-standin/cygwin/setup", files::STANDIN_SETUP, 0o755)?;
+    // What the setup stand-in installs with each package: the stand-in
+    // programs, and real Linux programs (with their libraries) in the
+    // places Cygwin keeps them.
+    let runtime = |package: &str| format!("{STANDIN_RUNTIME}/{package}");
+    for (package, path, script) in files::STANDIN_CYGWIN {
+        b.add_bytes(&format!("{}/{path}", runtime(package)), script, 0o755)?;
+    }
+    b.add_file(&format!("{}/usr/bin/busybox", runtime("cygwin")), &parts.busybox, 0o755)?;
+    b.add_bytes(
+        &format!("{}/usr/bin/cygvm-mount-shares", runtime("cygwin")),
+        files::MOUNT_SHARES,
+        0o755,
+    )?;
+    b.add_bytes(&format!("{}/etc/shells", runtime("bash")), "/bin/sh\n/bin/bash\n", 0o644)?;
+    b.add_host_binary_under(&runtime("bash"), &parts.bash, "/usr/bin/bash")?;
+    b.add_host_binary_under(&runtime("openssh"), &parts.dropbear, "/usr/sbin/dropbear")?;
+    b.add_host_binary_under(&runtime("openssh"), &parts.dropbearconvert, "/usr/bin/dropbearconvert")?;
+    b.add_host_binary_under(&runtime("openssh"), &parts.dropbearkey, "/usr/bin/dropbearkey")?;
     Ok(b)
 }
 

@@ -3,6 +3,8 @@
 //! install status and log locations. Every orchestration phase is the same
 //! code for both.
 
+pub mod installer_iso;
+
 use std::net::Ipv4Addr;
 
 use crate::config::{Config, GuestOsKind};
@@ -102,7 +104,7 @@ impl GuestOs {
     pub fn mount_shares(self, controller: Ipv4Addr, user: &str, password: &str) -> GuestCommand {
         match self {
             GuestOs::Standin => GuestCommand {
-                command: "cygvm-mount-shares".into(),
+                command: format!("cygvm-mount-shares {controller}"),
                 stdin: Some(format!("username={user}\npassword={password}\n")),
             },
             GuestOs::Windows => GuestCommand {
@@ -179,38 +181,21 @@ impl GuestOs {
 
     /// Prints the install's status line: `ok` or `failed: <step>`.
     pub fn install_status(self) -> String {
-        match self {
-            GuestOs::Standin => "cat /disk/cygvm/status".into(),
-            GuestOs::Windows => "cat /cygdrive/c/cygvm/status.txt".into(),
-        }
+        // The stand-in's shell sees C: at /cygdrive/c too, from its Cygwin root.
+        "cat /cygdrive/c/cygvm/status.txt".into()
     }
 
     /// Where the guest keeps its install logs, for error messages.
     pub fn log_locations(self) -> &'static str {
         match self {
             GuestOs::Standin => {
-                "the guest's serial log, and /disk/cygvm/install.log and status on its disk"
+                r"the guest's serial log, and C:\cygvm\status.txt and install.log on its disk (/cygdrive/c/cygvm in its shell)"
             }
             GuestOs::Windows => {
                 r"the guest's C:\cygvm\status.txt and install.log, C:\cygvm\setup.log.full (Cygwin setup), and Windows Setup's setuperr.log and setupact.log in C:\$WINDOWS.~BT\Sources\Panther, C:\Windows\Panther and C:\Windows\Panther\UnattendGC (see docs/windows.md for reading them from the disk image)"
             }
         }
     }
-
-    /// The kernel command line of the stand-in for a phase.
-    pub fn standin_append(phase: StandinPhase) -> String {
-        let phase = match phase {
-            StandinPhase::Install => "install",
-            StandinPhase::Boot => "boot",
-        };
-        format!("console=ttyS0 quiet cygvm.phase={phase}")
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StandinPhase {
-    Install,
-    Boot,
 }
 
 /// Cygwin script (password on stdin) that connects both shares with

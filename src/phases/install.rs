@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::config::{Config, Firmware as ConfigFirmware};
-use crate::guest::GuestOs;
+use crate::guest::{GuestOs, installer_iso};
 use crate::image::{ImageDir, PendingGeneration};
 use crate::media;
 use crate::phases::instance::{
@@ -75,7 +75,32 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
     config
         .store_in_generation(config_path, &pending.dir)
         .context("cannot record the config in the new generation")?;
-    let uefi_vars = if os == GuestOs::Windows && config.guest.firmware() == ConfigFirmware::Uefi {
+    let windows_iso = match os {
+        GuestOs::Windows => config.resolve_path(config.guest.iso.as_ref().ok_or_else(|| {
+            anyhow!("key `guest.iso` is not set: name the Windows installation ISO to install from")
+        })?),
+        GuestOs::Standin => {
+            let iso = image.media().join(STANDIN_INSTALLER_ISO);
+            let initrd = art
+                .standin_initrd
+                .as_deref()
+                .ok_or_else(|| anyhow!("the linux-standin initrd was not built"))?;
+            let kernel_args: Vec<String> =
+                config.guest.kernel_args.iter().map(|a| a.0.clone()).collect();
+            installer_iso::build(
+                &installer_iso::InstallerParts {
+                    kernel: &art.standin_kernel,
+                    initrd,
+                    version: config.guest.version,
+                    kernel_args: &kernel_args,
+                },
+                &iso,
+            )
+            .context("cannot make the linux-standin's installer ISO")?;
+            iso
+        }
+    };
+    let uefi_vars = if config.guest.firmware() == ConfigFirmware::Uefi {
         let vars = pending.dir.join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS_4M, &vars).with_context(|| {
             format!(
@@ -93,6 +118,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         art: &art,
         secrets: &secrets,
         media_dir: image.media(),
+        windows_iso,
         disk: pending.disk(),
         state: pending.state(),
         uefi_vars,
@@ -186,6 +212,7 @@ struct InstallJob<'a> {
     art: &'a HostArtifacts,
     secrets: &'a ImageSecrets,
     media_dir: PathBuf,
+    windows_iso: PathBuf,
     disk: PathBuf,
     state: PathBuf,
     uefi_vars: Option<PathBuf>,
@@ -218,7 +245,7 @@ impl InstallJob<'_> {
         let install_boot = GuestBoot::Install {
             floppy: self.media_dir.join(media::build::FLOPPY_NAME),
             cygwin_iso: self.media_dir.join(media::build::ISO_NAME),
-            windows_iso: config.guest.iso.as_ref().map(|p| config.resolve_path(p)),
+            windows_iso: self.windows_iso.clone(),
         };
         let spec = instance::guest_spec(
             config,
@@ -233,20 +260,22 @@ impl InstallJob<'_> {
         let progress =
             PhaseProgress::start("guest-install", run_dir.join("guest.serial.log"), false);
         let guest = start_guest(sup, self.art, &spec).await?;
-        match guest
-            .qmp
-            .wait_event("SHUTDOWN", Instant::now() + timeout)
-            .await
-        {
-            Ok(_) | Err(QmpError::Disconnected { .. }) => {}
-            Err(QmpError::EventTimeout { .. }) => bail!(
+        match wait_for_power_off(&guest, Instant::now() + timeout).await {
+            Ok(resets) => tracing::info!(
+                "[guest-install] the guest powered off after {resets} restart(s)"
+            ),
+            Err(InstallWaitError::Timeout { resets }) => bail!(
                 "phase guest-install: the guest did not power off within the {} s deadline \
-                 (key timeouts.install); guest logs: {}{}",
+                 (key timeouts.install; it restarted {resets} time(s)); guest logs: {}{}",
                 timeout.as_secs(),
                 os.log_locations(),
                 log_report(&run_dir)
             ),
-            Err(e) => return Err(e.into()),
+            Err(e) => bail!(
+                "phase guest-install: {e}; guest logs: {}{}",
+                os.log_locations(),
+                log_report(&run_dir)
+            ),
         }
         sup.wait_exit(guest.child, Instant::now() + Duration::from_secs(30))
             .await
@@ -332,6 +361,82 @@ impl InstallJob<'_> {
         drop(progress);
         let _ = ctrl.agent.shutdown().await;
         Ok(Installed { identity, state })
+    }
+}
+
+/// Where the linux-standin's installer ISO is written, in the media directory.
+pub const STANDIN_INSTALLER_ISO: &str = "standin-installer.iso";
+/// How long after the install's first start cygvm keeps pressing a key for
+/// the CD's "Press any key to boot from CD or DVD" prompt.
+pub const BOOT_KEY_WINDOW: Duration = Duration::from_secs(60);
+const BOOT_KEY_INTERVAL: Duration = Duration::from_secs(1);
+/// More restarts than Setup ever makes: the guest is in a boot loop.
+const MAX_INSTALL_RESETS: u32 = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallWaitError {
+    #[error("the guest did not power off in time")]
+    Timeout { resets: u32 },
+    #[error("the guest stopped with reason {reason:?} instead of powering off (after {resets} restart(s))")]
+    Stopped { reason: String, resets: u32 },
+    #[error("the guest restarted {0} times without powering off: a boot loop (Setup restarts two or three times)")]
+    BootLoop(u32),
+    #[error("QEMU exited without the guest powering off (after {resets} restart(s))")]
+    Exited { resets: u32 },
+    #[error("QMP: {0}")]
+    Qmp(#[from] QmpError),
+}
+
+/// Waits through the install boot: Windows Setup restarts the machine
+/// (after copying files, after specialize; XP after text mode) with every
+/// medium still attached, and only the guest powering itself off
+/// (`SHUTDOWN` with reason `guest-shutdown`) means installed. Restarts are
+/// counted and logged. During the first boot only, a key goes in once a
+/// second for [`BOOT_KEY_WINDOW`]: Microsoft's UEFI CD boot image waits for
+/// one and otherwise hands back to the firmware, while after Setup's first
+/// restart a key would start Setup again from the CD. Returns the number of
+/// restarts.
+pub async fn wait_for_power_off(
+    guest: &crate::vm::supervisor::Vm,
+    deadline: Instant,
+) -> Result<u32, InstallWaitError> {
+    let started = Instant::now();
+    let mut resets = 0u32;
+    let mut next_key = started;
+    loop {
+        let pressing = resets == 0 && started.elapsed() < BOOT_KEY_WINDOW;
+        let event = tokio::select! {
+            ev = guest.qmp.wait_any_event(&["RESET", "SHUTDOWN"], deadline) => ev,
+            _ = tokio::time::sleep_until(next_key), if pressing => {
+                next_key += BOOT_KEY_INTERVAL;
+                if let Err(e) = guest.qmp.send_key(crate::guest::installer_iso::BOOT_KEY).await {
+                    tracing::debug!("key press at the CD prompt: {e}");
+                }
+                continue;
+            }
+        };
+        match event {
+            Ok(ev) if ev.name == "RESET" => {
+                resets += 1;
+                tracing::info!(
+                    "[guest-install] the guest restarted ({resets}) after {:.0} s; the media stay attached",
+                    started.elapsed().as_secs_f64()
+                );
+                if resets > MAX_INSTALL_RESETS {
+                    return Err(InstallWaitError::BootLoop(resets));
+                }
+            }
+            Ok(ev) => {
+                let reason = ev.data["reason"].as_str().unwrap_or("unknown").to_string();
+                if reason == "guest-shutdown" {
+                    return Ok(resets);
+                }
+                return Err(InstallWaitError::Stopped { reason, resets });
+            }
+            Err(QmpError::EventTimeout { .. }) => return Err(InstallWaitError::Timeout { resets }),
+            Err(QmpError::Disconnected { .. }) => return Err(InstallWaitError::Exited { resets }),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

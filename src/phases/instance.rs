@@ -12,12 +12,14 @@ use crate::agent::protocol::AgentConfig;
 use crate::config::{Config, Firmware as ConfigFirmware};
 use crate::controller::{self, HostParts};
 use crate::fsutil::write_atomic;
-use crate::guest::{GuestOs, StandinPhase};
+use crate::config::WindowsVersion;
+use crate::guest::GuestOs;
 use crate::secrets::ImageSecrets;
 use crate::vm::accel::{self, Accel};
 use crate::vm::host_tools::{self, HostProgram};
 use crate::vm::qemu::{
-    DirectBoot, Disk, DiskFormat, Firmware, Nic, OVMF_CODE_4M, SerialPort, Share, VmSpec,
+    BootDevice, DirectBoot, Disk, DiskBus, DiskFormat, Firmware, Machine, Nic, NicModel,
+    OVMF_CODE_4M, SerialPort, Share, VmSpec,
 };
 use crate::vm::rundir::log_tail;
 use crate::vm::supervisor::{Supervisor, Vm};
@@ -44,6 +46,9 @@ pub struct HostArtifacts {
     pub kernel: PathBuf,
     pub controller_initrd: PathBuf,
     pub standin_initrd: Option<PathBuf>,
+    /// The bootable kernel image (bzImage) the stand-in's installer ISO
+    /// carries: it boots through the firmware like Windows.
+    pub standin_kernel: PathBuf,
 }
 
 fn require(program: HostProgram) -> Result<PathBuf> {
@@ -96,6 +101,7 @@ impl HostArtifacts {
             ),
             GuestOs::Windows => None,
         };
+        let standin_kernel = parts.kernel.image.clone();
         tracing::debug!(
             "host artifacts ready in {:.2} s",
             started.elapsed().as_secs_f64()
@@ -107,6 +113,7 @@ impl HostArtifacts {
             kernel,
             controller_initrd,
             standin_initrd,
+            standin_kernel,
         })
     }
 
@@ -202,89 +209,82 @@ pub struct GuestDisk {
 /// How the guest boots.
 #[derive(Debug, Clone)]
 pub enum GuestBoot {
-    /// From the install media (floppy, Windows ISO, Cygwin ISO).
+    /// From the install media: the Windows ISO (for the linux-standin, its
+    /// installer ISO), the answer floppy and the Cygwin ISO.
     Install {
         floppy: PathBuf,
         cygwin_iso: PathBuf,
-        windows_iso: Option<PathBuf>,
+        windows_iso: PathBuf,
     },
     /// From its disk.
     Disk,
 }
 
+/// The machine, disk bus and NIC a Windows version has drivers for out of
+/// the box; the linux-standin gets the same set for its `guest.version`.
+pub fn guest_devices(version: WindowsVersion) -> (Machine, DiskBus, NicModel) {
+    if version.uses_winnt_sif() {
+        (Machine::Pc, DiskBus::Ide, NicModel::E1000)
+    } else {
+        (Machine::Q35, DiskBus::Ide, NicModel::E1000)
+    }
+}
+
 /// The guest's QEMU spec. The device set depends only on the config and
-/// the boot mode, so a revive can rebuild it identically.
+/// the boot mode, so a revive can rebuild it identically. Windows and the
+/// linux-standin get the same devices and boot the same way: through the
+/// firmware, the installer CD first during the install (the floppy and the
+/// Cygwin ISO never), the disk alone afterwards.
 pub fn guest_spec(
     config: &Config,
-    os: GuestOs,
+    _os: GuestOs,
     art: &HostArtifacts,
     run_dir: &Path,
     switch: &Path,
     disk: &GuestDisk,
     boot: &GuestBoot,
 ) -> Result<VmSpec> {
-    let mut spec = VmSpec::new("guest", os.machine(), art.accel, &run_dir.join("guest.qmp"));
+    let (machine, disk_bus, nic) = guest_devices(config.guest.version);
+    let mut spec = VmSpec::new("guest", machine, art.accel, &run_dir.join("guest.qmp"));
     spec.memory_mib = config.guest.memory.mib();
     spec.cpus = config.guest.cpus.0;
     spec.serial_log = Some(run_dir.join("guest.serial.log"));
-    spec.no_reboot = matches!(boot, GuestBoot::Install { .. });
+    // Setup reboots several times; only a power-off ends the install.
+    spec.no_reboot = false;
+    spec.vga = true;
     spec.disks.push(Disk {
         path: disk.disk.clone(),
         format: DiskFormat::Qcow2,
-        bus: os.disk_bus(),
+        bus: disk_bus,
         read_only: false,
     });
     spec.nics.push(Nic {
-        model: os.nic_model(),
+        model: nic,
         mac: GUEST_MAC.into(),
         switch: switch.to_path_buf(),
     });
-    if let GuestBoot::Install {
-        floppy,
-        cygwin_iso,
-        windows_iso,
-    } = boot
-    {
-        spec.floppy = Some(floppy.clone());
-        if let Some(w) = windows_iso {
-            spec.cdroms.push(w.clone());
+    match boot {
+        GuestBoot::Install {
+            floppy,
+            cygwin_iso,
+            windows_iso,
+        } => {
+            spec.floppy = Some(floppy.clone());
+            spec.cdroms.push(windows_iso.clone());
+            spec.cdroms.push(cygwin_iso.clone());
+            spec.boot_order = vec![BootDevice::Cdrom(0), BootDevice::Disk(0)];
         }
-        spec.cdroms.push(cygwin_iso.clone());
+        GuestBoot::Disk => spec.boot_order = vec![BootDevice::Disk(0)],
     }
-    match os {
-        GuestOs::Standin => {
-            let initrd = art
-                .standin_initrd
-                .clone()
-                .ok_or_else(|| anyhow!("the linux-standin initrd was not built"))?;
-            let phase = match boot {
-                GuestBoot::Install { .. } => StandinPhase::Install,
-                GuestBoot::Disk => StandinPhase::Boot,
-            };
-            let mut append = GuestOs::standin_append(phase);
-            for arg in &config.guest.kernel_args {
-                append.push(' ');
-                append.push_str(&arg.0);
-            }
-            spec.direct_boot = Some(DirectBoot {
-                kernel: art.kernel.clone(),
-                initrd: Some(initrd),
-                append,
-            });
-        }
-        GuestOs::Windows => {
-            spec.vga = true;
-            if config.guest.firmware() == ConfigFirmware::Uefi {
-                let vars = disk
-                    .uefi_vars
-                    .clone()
-                    .ok_or_else(|| anyhow!("a UEFI guest needs its own OVMF variables file"))?;
-                spec.firmware = Firmware::Uefi {
-                    code: PathBuf::from(OVMF_CODE_4M),
-                    vars,
-                };
-            }
-        }
+    if config.guest.firmware() == ConfigFirmware::Uefi {
+        let vars = disk
+            .uefi_vars
+            .clone()
+            .ok_or_else(|| anyhow!("a UEFI guest needs its own OVMF variables file"))?;
+        spec.firmware = Firmware::Uefi {
+            code: PathBuf::from(OVMF_CODE_4M),
+            vars,
+        };
     }
     Ok(spec)
 }

@@ -139,6 +139,14 @@ pub struct Nic {
     pub switch: PathBuf,
 }
 
+/// A device the firmware may boot from, by its place in [`VmSpec::disks`]
+/// or [`VmSpec::cdroms`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootDevice {
+    Disk(usize),
+    Cdrom(usize),
+}
+
 /// A virtio-serial port backed by a unix socket QEMU listens on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SerialPort {
@@ -176,6 +184,10 @@ pub struct VmSpec {
     pub nics: Vec<Nic>,
     pub serial_ports: Vec<SerialPort>,
     pub shares: Vec<Share>,
+    /// The devices the firmware boots from, in order (`bootindex`). When set,
+    /// the firmware boots nothing else (`-boot strict=on`): never the
+    /// floppy or a CD that is not listed.
+    pub boot_order: Vec<BootDevice>,
     /// A VGA adapter (Windows Setup wants one); otherwise the guest has none.
     pub vga: bool,
     /// The QMP socket QEMU listens on.
@@ -205,6 +217,7 @@ impl VmSpec {
             nics: Vec::new(),
             serial_ports: Vec::new(),
             shares: Vec::new(),
+            boot_order: Vec::new(),
             vga: false,
             qmp_socket: qmp_socket.to_path_buf(),
             serial_log: None,
@@ -287,6 +300,16 @@ impl VmSpec {
             a.opt("-append", &boot.append);
         }
 
+        if !self.boot_order.is_empty() {
+            a.opt("-boot", "strict=on");
+        }
+        let boot_index = |dev: BootDevice| -> String {
+            match self.boot_order.iter().position(|d| *d == dev) {
+                Some(i) => format!(",bootindex={i}"),
+                None => String::new(),
+            }
+        };
+
         let mut ide_slots = self.machine.ide_slots().iter();
         let mut next_ide = |what: &str| -> String {
             // More IDE devices than slots is a spec bug, not a user input:
@@ -314,9 +337,13 @@ impl VmSpec {
                     disk.format.qemu_name()
                 ),
             );
+            let boot = boot_index(BootDevice::Disk(i));
             let device = match disk.bus {
-                DiskBus::VirtioBlk => format!("virtio-blk-pci,drive={node},id={node}-dev"),
-                DiskBus::Ide => format!("ide-hd,drive={node},id={node}-dev{}", next_ide(&node)),
+                DiskBus::VirtioBlk => format!("virtio-blk-pci,drive={node},id={node}-dev{boot}"),
+                DiskBus::Ide => format!(
+                    "ide-hd,drive={node},id={node}-dev{}{boot}",
+                    next_ide(&node)
+                ),
             };
             a.opt("-device", &device);
         }
@@ -335,7 +362,11 @@ impl VmSpec {
             );
             a.opt(
                 "-device",
-                &format!("ide-cd,drive={node},id={node}-dev{}", next_ide(&node)),
+                &format!(
+                    "ide-cd,drive={node},id={node}-dev{}{}",
+                    next_ide(&node),
+                    boot_index(BootDevice::Cdrom(i))
+                ),
             );
         }
 
@@ -805,5 +836,27 @@ mod tests {
             assert!(argv.iter().any(|a| a == want), "missing {want} in {argv:?}");
         }
         assert!(!argv.iter().any(|a| a.contains("isa-fdc")));
+    }
+
+    #[test]
+    fn boot_order_names_the_windows_cd_then_the_disk_and_nothing_else() {
+        let mut spec = windows();
+        spec.boot_order = vec![BootDevice::Cdrom(0), BootDevice::Disk(0)];
+        let argv = strings(spec.argv());
+        let at = |needle: &str| {
+            argv.iter()
+                .find(|a| a.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle} in {argv:?}"))
+                .clone()
+        };
+        assert!(at("ide-cd,drive=cdrom0").ends_with(",bootindex=0"), "{argv:?}");
+        assert!(at("ide-hd,drive=disk0").ends_with(",bootindex=1"), "{argv:?}");
+        // The Cygwin ISO and the answer floppy are never booted.
+        assert!(!at("ide-cd,drive=cdrom1").contains("bootindex"));
+        assert!(!at("floppy,").contains("bootindex"));
+        let boot = argv.iter().position(|a| a == "-boot").expect("-boot");
+        assert_eq!(argv[boot + 1], "strict=on");
+        // Without a boot order, the firmware's own order applies.
+        assert!(!strings(windows().argv()).iter().any(|a| a == "-boot"));
     }
 }

@@ -314,6 +314,15 @@ impl Qmp {
     pub async fn system_powerdown(&self) -> Result<(), QmpError> {
         self.execute("system_powerdown", None).await.map(drop)
     }
+    /// Presses and releases one key (a QAPI `QKeyCode`, e.g. `spc`).
+    pub async fn send_key(&self, qcode: &str) -> Result<(), QmpError> {
+        self.execute(
+            "send-key",
+            Some(json!({ "keys": [{ "type": "qcode", "data": qcode }] })),
+        )
+        .await
+        .map(drop)
+    }
     /// Ends QEMU now. QEMU may close the socket before its reply arrives;
     /// that counts as success.
     pub async fn quit(&self) -> Result<(), QmpError> {
@@ -362,13 +371,23 @@ impl Qmp {
     /// moment of connection, so one that arrived before this call is not
     /// missed.
     pub async fn wait_event(&self, name: &str, deadline: Instant) -> Result<QmpEvent, QmpError> {
+        self.wait_any_event(&[name], deadline).await
+    }
+
+    /// Like [`Qmp::wait_event`], for the oldest event with any of `names`.
+    pub async fn wait_any_event(
+        &self,
+        names: &[&str],
+        deadline: Instant,
+    ) -> Result<QmpEvent, QmpError> {
+        let name = names.join("|");
         let start = Instant::now();
         let mut changed = self.shared.changed.subscribe();
         loop {
             changed.borrow_and_update();
             {
                 let mut events = lock(&self.shared.events);
-                if let Some(pos) = events.iter().position(|e| e.name == name) {
+                if let Some(pos) = events.iter().position(|e| names.contains(&e.name.as_str())) {
                     return Ok(events.remove(pos).expect("position is in range"));
                 }
             }

@@ -1,0 +1,320 @@
+//! The linux-standin's installer ISO: what the Windows ISO is to a Windows
+//! install. The firmware boots it from CD (El Torito, BIOS and UEFI) in the
+//! boot order cygvm gives Windows, and its boot loader behaves like
+//! Microsoft's CD boot sectors:
+//!
+//! - UEFI (`efisys.bin`): always "Press any key to boot from CD or DVD",
+//!   and without a key it hands back to the firmware, which tries the next
+//!   boot device (the disk).
+//! - BIOS (`bootfix.bin`): the same prompt only when the disk already holds
+//!   a system; on a blank disk it boots the installer at once.
+//!
+//! It carries `sources/install.wim` with the image names of the Windows
+//! release being stood in for, the stand-in kernel and initrd, and the boot
+//! loader the stand-in's "Setup" installs on the disk (GRUB's BIOS boot
+//! sector and core image, and its EFI image at the removable-media path).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::config::WindowsVersion;
+use crate::fsutil::write_atomic;
+use crate::vm::host_tools::HostProgram;
+
+pub const GRUB_MKRESCUE: HostProgram = HostProgram {
+    name: "grub-mkrescue",
+    package: "grub-common",
+};
+pub const GRUB_MKIMAGE: HostProgram = HostProgram {
+    name: "grub-mkimage",
+    package: "grub-common",
+};
+/// GRUB's module directories: (directory, Debian package).
+pub const GRUB_PLATFORMS: [(&str, &str); 2] = [
+    ("/usr/lib/grub/i386-pc", "grub-pc-bin"),
+    ("/usr/lib/grub/x86_64-efi", "grub-efi-amd64-bin"),
+];
+
+/// The key cygvm presses at the CD prompt (QMP qcode), and the keys the
+/// stand-in's prompt takes: like Microsoft's, any ordinary key boots.
+pub const BOOT_KEY: &str = "spc";
+const PROMPT_SECONDS: u32 = 5;
+/// The file on the disk's boot partition by which the loaders find it.
+const BOOT_MARKER: &str = "/cygvm-standin.boot";
+
+/// Everything the installer ISO is made of.
+#[derive(Debug, Clone)]
+pub struct InstallerParts<'a> {
+    /// The kernel as a bootable bzImage (GRUB's `linux` loads it).
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub version: WindowsVersion,
+    /// `guest.kernel_args`, for the kernel the disk boots.
+    pub kernel_args: &'a [String],
+}
+
+/// The image names a Windows release's install media list in
+/// `sources/install.wim`, index 1 first, as Microsoft ships them.
+pub fn standin_editions(version: WindowsVersion) -> Vec<String> {
+    let v = version;
+    let client = |n: &str, eds: &[&str]| -> Vec<String> {
+        eds.iter().map(|e| format!("Windows {n} {e}")).collect()
+    };
+    let server = |n: &str| -> Vec<String> {
+        [
+            "Standard Evaluation",
+            "Standard Evaluation (Desktop Experience)",
+            "Datacenter Evaluation",
+            "Datacenter Evaluation (Desktop Experience)",
+        ]
+        .iter()
+        .map(|e| format!("Windows Server {n} {e}"))
+        .collect()
+    };
+    match v {
+        WindowsVersion::Xp | WindowsVersion::Server2003 => Vec::new(),
+        WindowsVersion::Win7 => client(
+            "7",
+            &["STARTER", "HOMEBASIC", "HOMEPREMIUM", "PROFESSIONAL", "ULTIMATE"],
+        ),
+        WindowsVersion::Win81 => client("8.1", &["", "Pro"])
+            .into_iter()
+            .map(|s| s.trim_end().to_string())
+            .collect(),
+        WindowsVersion::Win10 => client(
+            "10",
+            &["Home", "Home N", "Home Single Language", "Education", "Education N", "Pro", "Pro N"],
+        ),
+        WindowsVersion::Win11 => client(
+            "11",
+            &["Home", "Home N", "Home Single Language", "Education", "Education N", "Pro", "Pro N"],
+        ),
+        WindowsVersion::Server2012R2 => server("2012 R2"),
+        WindowsVersion::Server2016 => server("2016"),
+        WindowsVersion::Server2019 => server("2019"),
+        WindowsVersion::Server2022 => server("2022"),
+        WindowsVersion::Server2025 => server("2025"),
+    }
+}
+
+/// The CD's GRUB menu, standing in for Microsoft's boot sectors (see the
+/// module comment).
+pub fn cd_grub_cfg() -> String {
+    let mut c = String::new();
+    let boot = "    linux /cygvm-standin/vmlinuz console=ttyS0 quiet cygvm.phase=setup\n    initrd /cygvm-standin/initrd.img\n    boot\n";
+    c.push_str(
+        "serial --unit=0 --speed=115200\n\
+         terminal_input console serial\n\
+         terminal_output console serial\n",
+    );
+    let _ = write!(
+        c,
+        "if [ \"$grub_platform\" = efi ]; then\n\
+         \x20   set prompt=yes\n\
+         elif [ -f (hd0,msdos1){BOOT_MARKER} ]; then\n\
+         \x20   set prompt=yes\n\
+         else\n\
+         \x20   set prompt=no\n\
+         fi\n\
+         if [ \"$prompt\" = no ]; then\n\
+         \x20   echo \"cygvm-standin installer: blank disk, starting Setup\"\n\
+         {boot}fi\n\
+         echo \"Press any key to boot from CD or DVD......\"\n\
+         set timeout_style=hidden\n\
+         set timeout={PROMPT_SECONDS}\n\
+         set default=fallthrough\n"
+    );
+    // GRUB boots a hidden entry at once when its hotkey is pressed during
+    // the countdown: one entry per ordinary key makes "any key".
+    let keys: Vec<String> = std::iter::once(" ".to_string())
+        .chain(('a'..='z').map(|k| k.to_string()))
+        .chain(('0'..='9').map(|k| k.to_string()))
+        .collect();
+    for key in keys {
+        let _ = write!(
+            c,
+            "menuentry \"Setup\" --hotkey=\"{key}\" {{\n\
+             \x20   echo \"cygvm-standin installer: key pressed, starting Setup\"\n\
+             {boot}}}\n"
+        );
+    }
+    c.push_str(
+        "menuentry \"No key: next boot device\" --id fallthrough {\n\
+         \x20   if [ \"$grub_platform\" = efi ]; then\n\
+         \x20       echo \"cygvm-standin installer: no key, back to the firmware\"\n\
+         \x20       exit\n\
+         \x20   fi\n\
+         \x20   echo \"cygvm-standin installer: no key, booting the disk\"\n\
+         \x20   set root=(hd0)\n\
+         \x20   chainloader +1\n\
+         \x20   boot\n\
+         }\n",
+    );
+    c
+}
+
+/// The embedded configuration of the disk's boot loaders: find the boot
+/// partition by its marker and read its grub.cfg.
+fn disk_early_cfg() -> String {
+    format!(
+        "search --no-floppy --file --set=root {BOOT_MARKER}\n\
+         set prefix=($root)/boot/grub\n\
+         configfile ($root)/boot/grub/grub.cfg\n"
+    )
+}
+
+const DISK_LOADER_MODULES: &[&str] = &[
+    "part_msdos",
+    "fat",
+    "search",
+    "search_fs_file",
+    "configfile",
+    "normal",
+    "linux",
+    "echo",
+    "serial",
+    "terminal",
+    "test",
+    "sleep",
+    "halt",
+    "reboot",
+];
+
+fn require(program: HostProgram) -> Result<PathBuf> {
+    program.find().ok_or_else(|| {
+        anyhow!(
+            "{} is not installed; install the Debian package {} (or run bash scripts/install-deps): \
+             the linux-standin's installer ISO is made with it",
+            program.name,
+            program.package
+        )
+    })
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Writes the installer ISO to `out` (temp, fsync, rename).
+pub fn build(parts: &InstallerParts, out: &Path) -> Result<()> {
+    let mkrescue = require(GRUB_MKRESCUE)?;
+    let mkimage = require(GRUB_MKIMAGE)?;
+    for (dir, package) in GRUB_PLATFORMS {
+        if !Path::new(dir).is_dir() {
+            bail!(
+                "{dir} is missing; install the Debian package {package} (or run bash scripts/install-deps): \
+                 the linux-standin's installer boots through the firmware like Windows"
+            );
+        }
+    }
+    let parent = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let work = tempfile::Builder::new()
+        .prefix(".installer-iso-")
+        .tempdir_in(parent)?;
+    let tree = work.path().join("tree");
+    let own = tree.join("cygvm-standin");
+    std::fs::create_dir_all(tree.join("boot/grub"))?;
+    std::fs::create_dir_all(tree.join("sources"))?;
+    std::fs::create_dir_all(&own)?;
+    std::fs::write(tree.join("boot/grub/grub.cfg"), cd_grub_cfg())?;
+    std::fs::write(
+        own.join("installer"),
+        "cygvm linux-standin installer (stands in for a Windows installation ISO)\n",
+    )?;
+    std::fs::copy(parts.kernel, own.join("vmlinuz"))
+        .with_context(|| format!("cannot read the kernel {}", parts.kernel.display()))?;
+    std::fs::copy(parts.initrd, own.join("initrd.img"))
+        .with_context(|| format!("cannot read the initrd {}", parts.initrd.display()))?;
+    std::fs::write(own.join("kernel-args"), parts.kernel_args.join(" "))?;
+    std::fs::copy(
+        Path::new(GRUB_PLATFORMS[0].0).join("boot.img"),
+        own.join("boot.img"),
+    )?;
+    let early = work.path().join("early.cfg");
+    std::fs::write(&early, disk_early_cfg())?;
+    let mut core = Command::new(&mkimage);
+    core.args(["-O", "i386-pc", "-p", "/boot/grub", "-c"])
+        .arg(&early)
+        .arg("-o")
+        .arg(own.join("core.img"))
+        .arg("biosdisk")
+        .args(DISK_LOADER_MODULES);
+    run(&mut core, "grub-mkimage (BIOS boot loader)")?;
+    let mut efi = Command::new(&mkimage);
+    efi.args(["-O", "x86_64-efi", "-p", "/boot/grub", "-c"])
+        .arg(&early)
+        .arg("-o")
+        .arg(own.join("bootx64.efi"))
+        .args(DISK_LOADER_MODULES);
+    run(&mut efi, "grub-mkimage (EFI boot loader)")?;
+    let editions = standin_editions(parts.version);
+    if !editions.is_empty() {
+        std::fs::write(tree.join("sources/install.wim"), install_wim(&editions))?;
+    }
+    let iso = work.path().join("installer.iso");
+    let mut rescue = Command::new(&mkrescue);
+    rescue
+        .arg("-o")
+        .arg(&iso)
+        .arg(&tree)
+        .args(["--", "-volid", "CYGVM_STANDIN"]);
+    run(
+        &mut rescue,
+        "grub-mkrescue (needs xorriso and mtools besides GRUB)",
+    )?;
+    let bytes = std::fs::read(&iso)?;
+    write_atomic(out, &bytes, 0o644)?;
+    Ok(())
+}
+
+/// `sources/install.wim` naming `editions` as images 1, 2, ...
+fn install_wim(editions: &[String]) -> Vec<u8> {
+    let mut xml = String::from("<WIM>");
+    for (i, name) in editions.iter().enumerate() {
+        let _ = write!(xml, "<IMAGE INDEX=\"{}\"><NAME>{name}</NAME></IMAGE>", i + 1);
+    }
+    xml.push_str("</WIM>");
+    let mut out = vec![0xff, 0xfe];
+    for u in xml.encode_utf16() {
+        out.extend_from_slice(&u.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cd_prompt_takes_any_ordinary_key_and_falls_through_without_one() {
+        let cfg = cd_grub_cfg();
+        assert!(cfg.contains("Press any key to boot from CD or DVD"));
+        assert!(cfg.contains("--hotkey=\" \""), "cygvm's key {BOOT_KEY} must boot");
+        assert!(cfg.contains("--hotkey=\"a\""));
+        assert!(cfg.contains("set default=fallthrough"));
+        assert!(cfg.contains("exit"), "UEFI: back to the firmware");
+        assert!(cfg.contains("chainloader +1"), "BIOS: the disk's boot sector");
+    }
+
+    #[test]
+    fn editions_start_at_index_1_like_the_real_media() {
+        assert_eq!(standin_editions(WindowsVersion::Win11)[0], "Windows 11 Home");
+        assert!(standin_editions(WindowsVersion::Win11).contains(&"Windows 11 Pro".to_string()));
+        assert_eq!(standin_editions(WindowsVersion::Win81)[0], "Windows 8.1");
+        assert!(standin_editions(WindowsVersion::Xp).is_empty());
+    }
+}
