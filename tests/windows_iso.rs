@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cygvm::media::wim::{WimImage, write_wim};
-use cygvm::media::windows_iso::{
-    WindowsIsoError, images_in_iso, images_in_reader, select_image,
-};
+use cygvm::media::windows_iso::{WindowsIsoError, images_in_iso, images_in_reader, select_image};
 
 /// Whether `tool` runs; if not, the test says why it is skipped.
 fn have(tool: &str, package: &str) -> bool {
@@ -55,12 +53,16 @@ fn wimlib_wim(dir: &Path, name: &str, solid: bool) -> PathBuf {
     std::fs::write(content.join("readme.txt"), "hello").unwrap();
     let wim = dir.join(name);
     let mut capture = Command::new("wimcapture");
-    capture.arg(&content).arg(&wim).arg("Windows 11 Home").args([
-        "--image-property",
-        "WINDOWS/EDITIONID=Core",
-        "--image-property",
-        "WINDOWS/INSTALLATIONTYPE=Client",
-    ]);
+    capture
+        .arg(&content)
+        .arg(&wim)
+        .arg("Windows 11 Home")
+        .args([
+            "--image-property",
+            "WINDOWS/EDITIONID=Core",
+            "--image-property",
+            "WINDOWS/INSTALLATIONTYPE=Client",
+        ]);
     if solid {
         capture.arg("--solid");
     }
@@ -95,7 +97,11 @@ fn expected_wimlib_images() -> Vec<WimImage> {
 fn tree(dir: &Path, wim: Option<&Path>, rel: &str) -> PathBuf {
     let root = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("README.TXT"), "This disc contains a UDF file system.").unwrap();
+    std::fs::write(
+        root.join("README.TXT"),
+        "This disc contains a UDF file system.",
+    )
+    .unwrap();
     if let Some(wim) = wim {
         let to = root.join(rel);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
@@ -123,7 +129,11 @@ fn udf_iso(root: &Path, iso: &Path) {
 /// Makes a UDF bridge disc UDF-only: its ISO 9660 volume descriptors are
 /// wiped (sectors 16 onwards until the UDF recognition sequence).
 fn wipe_iso9660(iso: &Path) {
-    let f = std::fs::OpenOptions::new().write(true).read(true).open(iso).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(iso)
+        .unwrap();
     let mut sector = [0u8; 2048];
     for n in 16..32u64 {
         f.read_exact_at(&mut sector, n * 2048).unwrap();
@@ -166,18 +176,36 @@ fn written_wim_is_read_by_wimlib() {
 
     let info = run(Command::new("wiminfo").arg(&wim));
     for i in &images {
-        assert!(info.contains(&format!("Index:                  {}\nName:                   {}\n", i.index, i.name)), "{info}");
-        assert!(info.contains(&format!("Edition ID:             {}", i.edition_id.as_deref().unwrap())), "{info}");
+        assert!(
+            info.contains(&format!(
+                "Index:                  {}\nName:                   {}\n",
+                i.index, i.name
+            )),
+            "{info}"
+        );
+        assert!(
+            info.contains(&format!(
+                "Edition ID:             {}",
+                i.edition_id.as_deref().unwrap()
+            )),
+            "{info}"
+        );
     }
     assert!(info.contains("Image Count:    3"), "{info}");
-    assert!(info.contains("Display Name:           Windows Server 2022 Standard (Desktop Experience)"), "{info}");
+    assert!(
+        info.contains("Display Name:           Windows Server 2022 Standard (Desktop Experience)"),
+        "{info}"
+    );
     // wimverify loads every image's metadata resource and checks its SHA-1.
     run(Command::new("wimverify").arg(&wim));
     // And wimlib's own rewrite of it still lists the same images.
     let copy = dir.path().join("copy.wim");
     run(Command::new("wimexport").arg(&wim).arg("all").arg(&copy));
     let back = cygvm::media::wim::read_images(&mut File::open(&copy).unwrap()).unwrap();
-    assert_eq!(back.iter().map(|i| &i.name).collect::<Vec<_>>(), images.iter().map(|i| &i.name).collect::<Vec<_>>());
+    assert_eq!(
+        back.iter().map(|i| &i.name).collect::<Vec<_>>(),
+        images.iter().map(|i| &i.name).collect::<Vec<_>>()
+    );
 
     assert_eq!(
         cygvm::media::wim::read_images(&mut File::open(&wim).unwrap()).unwrap(),
@@ -208,7 +236,11 @@ fn isos_of_every_kind_list_their_images() {
         let root = tree(&case, Some(wim), rel);
         let iso = case.join("win.iso");
         make(&root, &iso);
-        assert_eq!(images_in_iso(&iso).unwrap(), expected_wimlib_images(), "{name}");
+        assert_eq!(
+            images_in_iso(&iso).unwrap(),
+            expected_wimlib_images(),
+            "{name}"
+        );
     }
 
     // UDF only: the ISO 9660 descriptors are gone.
@@ -217,9 +249,16 @@ fn isos_of_every_kind_list_their_images() {
     udf_iso(&tree(&case, Some(&wim), "sources/install.wim"), &iso);
     wipe_iso9660(&iso);
     let mut sector = [0u8; 2048];
-    File::open(&iso).unwrap().read_exact_at(&mut sector, 16 * 2048).unwrap();
+    File::open(&iso)
+        .unwrap()
+        .read_exact_at(&mut sector, 16 * 2048)
+        .unwrap();
     assert_ne!(&sector[1..6], b"CD001");
-    assert_eq!(images_in_iso(&iso).unwrap(), expected_wimlib_images(), "udf-only");
+    assert_eq!(
+        images_in_iso(&iso).unwrap(),
+        expected_wimlib_images(),
+        "udf-only"
+    );
 }
 
 #[test]
@@ -237,7 +276,10 @@ fn isos_without_a_valid_wim_are_refused_with_their_name() {
     let e = images_in_iso(&iso).unwrap_err();
     assert!(matches!(e, WindowsIsoError::NoInstallImage { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains(&iso.display().to_string()) && msg.contains("Vista-or-newer"), "{msg}");
+    assert!(
+        msg.contains(&iso.display().to_string()) && msg.contains("Vista-or-newer"),
+        "{msg}"
+    );
 
     let case = dir.path().join("damaged");
     let bad = case.join("bad.wim");
@@ -263,19 +305,36 @@ fn isos_without_a_valid_wim_are_refused_with_their_name() {
 
 #[test]
 fn selection_errors_list_the_images() {
-    let images = vec![image(1, "Windows 11 Home", "Core"), image(2, "Windows 11 Pro", "Professional")];
+    let images = vec![
+        image(1, "Windows 11 Home", "Core"),
+        image(2, "Windows 11 Pro", "Professional"),
+    ];
     let iso = Path::new("/isos/win11.iso");
     assert_eq!(select_image(&images, None, None, iso).unwrap().index, 1);
-    assert_eq!(select_image(&images, Some("Windows 11 Pro"), None, iso).unwrap().index, 2);
-    assert_eq!(select_image(&images, None, Some(2), iso).unwrap().name, "Windows 11 Pro");
+    assert_eq!(
+        select_image(&images, Some("Windows 11 Pro"), None, iso)
+            .unwrap()
+            .index,
+        2
+    );
+    assert_eq!(
+        select_image(&images, None, Some(2), iso).unwrap().name,
+        "Windows 11 Pro"
+    );
     for e in [
         select_image(&images, Some("Windows 11 pro"), None, iso).unwrap_err(),
         select_image(&images, None, Some(3), iso).unwrap_err(),
     ] {
         let msg = e.to_string();
         assert!(msg.contains("/isos/win11.iso"), "{msg}");
-        assert!(msg.contains("1: Windows 11 Home (Core)\n  2: Windows 11 Pro (Professional)"), "{msg}");
-        assert!(msg.contains("guest.edition") && msg.contains("guest.index"), "{msg}");
+        assert!(
+            msg.contains("1: Windows 11 Home (Core)\n  2: Windows 11 Pro (Professional)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("guest.edition") && msg.contains("guest.index"),
+            "{msg}"
+        );
     }
 }
 
@@ -422,8 +481,7 @@ mod synthetic_udf {
         put32(&mut fsd, 404, 1);
         tag(&mut fsd, 256, 0);
         p(0, &fsd);
-        let (root, root_len) =
-            dir_block(&[fid("", true, true, 1), fid("Sources", true, false, 3)]);
+        let (root, root_len) = dir_block(&[fid("", true, true, 1), fid("Sources", true, false, 3)]);
         p(1, &file_entry(1, true, root_len, &[(root_len as u32, 2)]));
         p(2, &root);
         let (sources, sources_len) = dir_block(&[
@@ -431,7 +489,10 @@ mod synthetic_udf {
             fid("boot.wim", false, false, 9),
             fid("Install.WIM", false, false, 5),
         ]);
-        p(3, &file_entry(3, true, sources_len, &[(sources_len as u32, 4)]));
+        p(
+            3,
+            &file_entry(3, true, sources_len, &[(sources_len as u32, 4)]),
+        );
         p(4, &sources);
         let mut extents = Vec::new();
         let mut left = wim_len;
@@ -447,7 +508,8 @@ mod synthetic_udf {
         // The file's bytes: contiguous blocks from DATA_BLOCK.
         let file_at = (PARTITION_START + DATA_BLOCK) * S;
         f.write_all_at(header, file_at).unwrap();
-        f.write_all_at(xml, file_at + wim_len - xml.len() as u64).unwrap();
+        f.write_all_at(xml, file_at + wim_len - xml.len() as u64)
+            .unwrap();
         // A second anchor in the last sector.
         let last = total / S - 1;
         let mut avdp = avdp.clone();
@@ -462,7 +524,10 @@ mod synthetic_udf {
 #[test]
 fn large_wim_in_udf_is_read_by_header_and_xml_only() {
     let dir = tempfile::tempdir().unwrap();
-    let images = vec![image(1, "Windows 11 Home", "Core"), image(2, "Windows 11 Pro", "Professional")];
+    let images = vec![
+        image(1, "Windows 11 Home", "Core"),
+        image(2, "Windows 11 Pro", "Professional"),
+    ];
     // A real WIM, taken apart: its header, with the XML moved to the end of
     // a 5 GiB file.
     let small = dir.path().join("small.wim");
@@ -491,5 +556,120 @@ fn large_wim_in_udf_is_read_by_header_and_xml_only() {
         std::fs::metadata(&iso).unwrap().len()
     );
     // Descriptors and directories are a few 2 KiB sectors.
-    assert!(disc.read < wim_bytes + 32 * 2048, "read {} bytes", disc.read);
+    assert!(
+        disc.read < wim_bytes + 32 * 2048,
+        "read {} bytes",
+        disc.read
+    );
+}
+
+/// A Windows 11 config naming `iso`, with `guest` lines added, in a fresh
+/// directory; its image directory is `<dir>/images/w`.
+fn windows_config(dir: &Path, iso: &Path, guest: &str) -> PathBuf {
+    let mirror = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standin/mirror");
+    let config = dir.join("cygvm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[image]\nname = \"w\"\ndir = \"images\"\n\n[guest]\nos = \"windows\"\nversion = \"11\"\n\
+             iso = \"{}\"\n{guest}\n[cygwin]\nmirror = \"{}\"\npackages = [\"openssh\"]\n",
+            iso.display(),
+            mirror.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn cygvm_media(config: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cygvm"))
+        .args(["media", "--config"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cygvm_media_refuses_an_edition_the_iso_lacks_and_writes_nothing() {
+    if !have("wimcapture", "wimtools") || !have("genisoimage", "genisoimage") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let wim = wimlib_wim(dir.path(), "w.wim", false);
+    let iso = dir.path().join("Win11.iso");
+    udf_iso(&tree(dir.path(), Some(&wim), "sources/install.wim"), &iso);
+    let images_dir = dir.path().join("images");
+
+    for (guest, what) in [
+        (
+            "edition = \"Windows 11 Education\"",
+            "no image named \"Windows 11 Education\"",
+        ),
+        ("index = 7", "no image 7"),
+        // Neither set: the answer file asks for "Windows 11 Pro" by name.
+        ("", ""),
+    ] {
+        let config = windows_config(dir.path(), &iso, guest);
+        let out = cygvm_media(&config, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if guest.is_empty() {
+            assert!(out.status.success(), "{err}");
+            assert!(
+                err.contains("installing image 2: Windows 11 Pro (Professional)"),
+                "{err}"
+            );
+            std::fs::remove_dir_all(&images_dir).unwrap();
+            continue;
+        }
+        assert!(!out.status.success(), "{guest}: {err}");
+        assert!(err.contains(what), "{err}");
+        assert!(err.contains(&iso.display().to_string()), "{err}");
+        assert!(err.contains("1: Windows 11 Home (Core)"), "{err}");
+        assert!(err.contains("2: Windows 11 Pro (Professional)"), "{err}");
+        assert!(!images_dir.exists(), "{guest}: something was written");
+    }
+
+    let config = windows_config(dir.path(), &iso, "");
+    let out = cygvm_media(&config, &["--list-editions"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "  1: Windows 11 Home (Core)\n  2: Windows 11 Pro (Professional)\n"
+    );
+    assert!(!images_dir.exists());
+}
+
+#[test]
+fn xp_media_are_checked_for_their_i386_folder() {
+    if !have("xorriso", "xorriso") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (with_i386, name) in [(true, "xp.iso"), (false, "other.iso")] {
+        let case = dir.path().join(name);
+        let root = tree(&case, None, "");
+        if with_i386 {
+            std::fs::create_dir_all(root.join("I386")).unwrap();
+            std::fs::write(root.join("I386/WINNT.EXE"), "MZ").unwrap();
+        }
+        let iso = case.join(name);
+        xorriso_iso(&root, &iso);
+        let config = windows_config(&case, &iso, "");
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("\"11\"", "\"xp\"");
+        std::fs::write(&config, text).unwrap();
+        let config = cygvm::config::Config::load(&config).unwrap();
+        let checked = cygvm::media::windows_iso::check_windows_iso(&config);
+        if with_i386 {
+            assert!(checked.unwrap().is_none());
+        } else {
+            let e = format!("{:#}", checked.unwrap_err());
+            assert!(
+                e.contains("no I386 or AMD64 folder") && e.contains(name),
+                "{e}"
+            );
+        }
+    }
 }

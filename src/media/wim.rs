@@ -124,8 +124,7 @@ pub fn read_images<R: Read + Seek>(wim: &mut R) -> Result<Vec<WimImage>, WimErro
             "the XML data is marked compressed (it never is)".into(),
         ));
     }
-    if xml.stored_size < 2 || xml.stored_size > MAX_XML_BYTES || xml.offset < HEADER_SIZE as u64
-    {
+    if xml.stored_size < 2 || xml.stored_size > MAX_XML_BYTES || xml.offset < HEADER_SIZE as u64 {
         return Err(WimError::BadHeader(format!(
             "implausible XML data location: {} bytes at offset {}",
             xml.stored_size, xml.offset
@@ -294,7 +293,10 @@ fn xml_text(images: &[WimImage], total_bytes: u64) -> String {
         }
         x.push_str(&format!("<NAME>{}</NAME>", escape(image.name.as_str())));
         if let Some(d) = &image.display_name {
-            x.push_str(&format!("<DISPLAYNAME>{}</DISPLAYNAME>", escape(d.as_str())));
+            x.push_str(&format!(
+                "<DISPLAYNAME>{}</DISPLAYNAME>",
+                escape(d.as_str())
+            ));
         }
         x.push_str("</IMAGE>");
     }

@@ -109,7 +109,9 @@ impl Volume {
             pos += len;
             let name_len = rec[32] as usize;
             if 33 + name_len > len {
-                return Err(FsError::Damaged("a name longer than its directory record".into()));
+                return Err(FsError::Damaged(
+                    "a name longer than its directory record".into(),
+                ));
             }
             let raw = &rec[33..33 + name_len];
             if raw == [0] || raw == [1] {
@@ -138,7 +140,9 @@ impl Volume {
 
     fn decode_name(&self, raw: &[u8]) -> String {
         let name = if self.joliet {
-            let units = raw.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            let units = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
             char::decode_utf16(units)
                 .map(|c| c.unwrap_or('\u{fffd}'))
                 .collect()

@@ -68,7 +68,11 @@ pub enum WindowsIsoError {
          set `guest.index` to one of these numbers, or `guest.edition` to its name",
         iso.display()
     )]
-    IndexOutOfRange { iso: PathBuf, index: u32, list: String },
+    IndexOutOfRange {
+        iso: PathBuf,
+        index: u32,
+        list: String,
+    },
     #[error(
         "{} has no I386 or AMD64 folder: it does not look like Windows XP or Server 2003 \
          installation media (`guest.version` = {version:?}); check `guest.iso` and `guest.version`",
@@ -182,8 +186,8 @@ pub fn images_in_reader<R: Read + Seek>(
         if node.is_dir {
             continue;
         }
-        return wim::read_images(&mut FileReader::new(disc, &node)).map_err(|source| {
-            match source {
+        return wim::read_images(&mut FileReader::new(disc, &node)).map_err(
+            |source| match source {
                 WimError::Io(e) if e.kind() != io::ErrorKind::UnexpectedEof => {
                     WindowsIsoError::Unreadable {
                         iso: iso.to_path_buf(),
@@ -195,8 +199,8 @@ pub fn images_in_reader<R: Read + Seek>(
                     file: format!("sources/{name}"),
                     source,
                 },
-            }
-        });
+            },
+        );
     }
     Err(WindowsIsoError::NoInstallImage {
         iso: iso.to_path_buf(),
@@ -225,14 +229,13 @@ pub fn select_image<'a>(
     iso: &Path,
 ) -> Result<&'a WimImage, WindowsIsoError> {
     if let Some(edition) = edition {
-        return images
-            .iter()
-            .find(|i| i.name == edition)
-            .ok_or_else(|| WindowsIsoError::EditionNotFound {
+        return images.iter().find(|i| i.name == edition).ok_or_else(|| {
+            WindowsIsoError::EditionNotFound {
                 iso: iso.to_path_buf(),
                 edition: edition.to_string(),
                 list: image_list(images),
-            });
+            }
+        });
     }
     let index = index.unwrap_or(1);
     images

@@ -160,7 +160,9 @@ impl Volume {
                 .find(|(n, _)| *n == number)
                 .map(|(_, start)| *start)
                 .ok_or_else(|| {
-                    FsError::Damaged(format!("UDF partition {number} has no Partition Descriptor"))
+                    FsError::Damaged(format!(
+                        "UDF partition {number} has no Partition Descriptor"
+                    ))
                 })
         };
         let mut volume = Volume {
@@ -176,9 +178,9 @@ impl Volume {
                 Some(h) => (h[0], h[1] as usize),
                 None => break,
             };
-            let map = table.get(pos..pos + len).ok_or_else(|| {
-                FsError::Damaged("a UDF partition map overruns its table".into())
-            })?;
+            let map = table
+                .get(pos..pos + len)
+                .ok_or_else(|| FsError::Damaged("a UDF partition map overruns its table".into()))?;
             match (kind, len) {
                 (1, 6) => volume.maps.push(PartitionMap::Physical {
                     number: le16(map, 4),
@@ -238,7 +240,10 @@ impl Volume {
     /// Disc byte ranges of `blocks` blocks from `at`.
     fn place(&self, at: BlockAddress, bytes: u64) -> Result<Vec<Piece>, FsError> {
         let map = self.maps.get(at.partition as usize).ok_or_else(|| {
-            FsError::Damaged(format!("UDF partition reference {} has no map", at.partition))
+            FsError::Damaged(format!(
+                "UDF partition reference {} has no map",
+                at.partition
+            ))
         })?;
         match map {
             PartitionMap::Physical { start_sector, .. } => Ok(vec![Piece::Disc {
@@ -277,7 +282,11 @@ impl Volume {
         }
     }
 
-    fn read_block<R: Read + Seek>(&self, disc: &mut R, at: BlockAddress) -> Result<Vec<u8>, FsError> {
+    fn read_block<R: Read + Seek>(
+        &self,
+        disc: &mut R,
+        at: BlockAddress,
+    ) -> Result<Vec<u8>, FsError> {
         let node = Node {
             is_dir: false,
             pieces: self.place(at, self.block_size)?,
@@ -286,7 +295,11 @@ impl Volume {
     }
 
     /// Reads a (extended) file entry: its type and where its data lies.
-    fn file_entry<R: Read + Seek>(&self, disc: &mut R, at: BlockAddress) -> Result<FileEntry, FsError> {
+    fn file_entry<R: Read + Seek>(
+        &self,
+        disc: &mut R,
+        at: BlockAddress,
+    ) -> Result<FileEntry, FsError> {
         let b = self.read_block(disc, at)?;
         let (ea_len_at, ad_start) = match tag_id(&b) {
             Some(TAG_FILE_ENTRY) => (168, 176),
@@ -381,7 +394,9 @@ impl Volume {
             let len = le32(&b, 20) as usize;
             ads = b
                 .get(24..24 + len)
-                .ok_or_else(|| FsError::Damaged("a UDF allocation extent overruns its block".into()))?
+                .ok_or_else(|| {
+                    FsError::Damaged("a UDF allocation extent overruns its block".into())
+                })?
                 .to_vec();
         }
     }
@@ -394,7 +409,9 @@ impl Volume {
         }
         for (len, addr) in entry.extents {
             if addr.partition == u16::MAX {
-                pieces.push(Piece::Zeros { len: u64::from(len) });
+                pieces.push(Piece::Zeros {
+                    len: u64::from(len),
+                });
             } else {
                 pieces.extend(self.place(addr, u64::from(len))?);
             }
@@ -432,7 +449,10 @@ impl Volume {
         want: &str,
     ) -> Result<Option<BlockAddress>, FsError> {
         if dir.size() > MAX_DIR_BYTES {
-            return Err(FsError::Damaged(format!("a UDF directory of {} bytes", dir.size())));
+            return Err(FsError::Damaged(format!(
+                "a UDF directory of {} bytes",
+                dir.size()
+            )));
         }
         let data = read_all(disc, dir)?;
         let mut pos = 0;
@@ -450,7 +470,9 @@ impl Volume {
             let total = (38 + iu_len + name_len).next_multiple_of(4);
             let name = fid
                 .get(38 + iu_len..38 + iu_len + name_len)
-                .ok_or_else(|| FsError::Damaged("a UDF file identifier overruns its directory".into()))?;
+                .ok_or_else(|| {
+                    FsError::Damaged("a UDF file identifier overruns its directory".into())
+                })?;
             pos += total;
             // Deleted (bit 2) and parent (bit 3) entries.
             if characteristics & 0x0c != 0 {
@@ -477,7 +499,9 @@ fn decode_name(b: &[u8]) -> String {
     match b.split_first() {
         Some((8 | 254, rest)) => rest.iter().map(|&c| char::from(c)).collect(),
         Some((16 | 255, rest)) => {
-            let units = rest.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            let units = rest
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]));
             char::decode_utf16(units)
                 .map(|c| c.unwrap_or('\u{fffd}'))
                 .collect()
