@@ -110,6 +110,9 @@ fn tree(dir: &Path, wim: Option<&Path>, rel: &str) -> PathBuf {
     root
 }
 
+/// Makes an ISO of a directory tree.
+type MakeIso = fn(&Path, &Path);
+
 /// ISO 9660 + Joliet, no Rock Ridge (what Windows reads).
 fn xorriso_iso(root: &Path, iso: &Path) {
     run(Command::new("xorriso")
@@ -224,7 +227,7 @@ fn isos_of_every_kind_list_their_images() {
     let dir = tempfile::tempdir().unwrap();
     let wim = wimlib_wim(dir.path(), "w.wim", false);
     let esd = wimlib_wim(dir.path(), "w.esd", true);
-    let cases: [(&str, &Path, &str, fn(&Path, &Path)); 5] = [
+    let cases: [(&str, &Path, &str, MakeIso); 5] = [
         ("joliet", &wim, "sources/install.wim", xorriso_iso),
         ("udf", &wim, "sources/install.wim", udf_iso),
         ("udf-upper", &wim, "SOURCES/INSTALL.WIM", udf_iso),

@@ -161,7 +161,7 @@ fn read_exact_or<R: Read>(
 }
 
 fn decode_utf16le(raw: &[u8]) -> Result<String, WimError> {
-    if raw.len() % 2 != 0 {
+    if !raw.len().is_multiple_of(2) {
         return Err(WimError::BadXml(
             "odd length: not UTF-16LE text".to_string(),
         ));
