@@ -361,19 +361,26 @@ impl<R: Seek> Seek for Counting<R> {
     }
 }
 
-/// A UDF 1.02 image of our own making (ECMA-167 descriptors with valid tag
+/// A UDF image of our own making (ECMA-167 descriptors with valid tag
 /// checksums) holding `/sources/install.wim` of `wim_len` bytes in extents of
 /// just under 1 GiB, as a sparse file: only the WIM's header and its XML at
-/// the very end are written.
+/// the very end are written. As UDF 1.02 (file entries and directories in the
+/// partition, `short_ad`s) or as UDF 2.50 (extended file entries and
+/// directories in a metadata partition whose file is split in two runs,
+/// file data by `long_ad`).
 mod synthetic_udf {
     use super::*;
 
     const S: u64 = 2048;
     const PARTITION_START: u64 = 300;
-    /// The file's data starts at this block of the partition.
-    const DATA_BLOCK: u64 = 16;
-    /// The largest extent a short_ad holds, in whole blocks.
+    /// The file's data starts at this block of the physical partition.
+    const DATA_BLOCK: u64 = 1000;
+    /// The largest extent an allocation descriptor holds, in whole blocks.
     const EXTENT: u64 = (1 << 30) - S;
+    /// UDF 2.50: the metadata file's block, and its two runs (first block,
+    /// blocks) in the physical partition.
+    const METADATA_FILE: u32 = 8;
+    const METADATA_RUNS: [(u32, u32); 2] = [(100, 3), (200, 3)];
 
     fn tag(b: &mut [u8], id: u16, location: u32) {
         b[0..2].copy_from_slice(&id.to_le_bytes());
@@ -391,24 +398,36 @@ mod synthetic_udf {
         b[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
 
-    /// A file entry at `block`: a directory with data in `data_block`, or a
-    /// file in `extents`.
-    fn file_entry(block: u32, is_dir: bool, size: u64, extents: &[(u32, u32)]) -> Vec<u8> {
+    /// One allocation descriptor: length, block, and for a `long_ad` the
+    /// partition reference.
+    type Ad = (u32, u32, Option<u16>);
+
+    /// A (extended) file entry of `file_type` (4 directory, 5 file, 250
+    /// metadata file) with its data in `ads`.
+    fn file_entry(block: u32, file_type: u8, size: u64, ads: &[Ad], extended: bool) -> Vec<u8> {
         let mut b = vec![0u8; S as usize];
-        b[16 + 4..16 + 6].copy_from_slice(&4u16.to_le_bytes()); // strategy 4
-        b[27] = if is_dir { 4 } else { 5 };
-        // ICB flags 0: short_ad.
+        b[20..22].copy_from_slice(&4u16.to_le_bytes()); // strategy 4
+        b[27] = file_type;
+        let long = ads.iter().any(|a| a.2.is_some());
+        b[34..36].copy_from_slice(&u16::from(long).to_le_bytes());
         b[56..64].copy_from_slice(&size.to_le_bytes());
-        put32(&mut b, 172, (extents.len() * 8) as u32);
-        for (n, (len, pos)) in extents.iter().enumerate() {
-            put32(&mut b, 176 + n * 8, *len);
-            put32(&mut b, 176 + n * 8 + 4, *pos);
+        let (l_ad, mut at) = if extended { (212, 216) } else { (172, 176) };
+        put32(&mut b, l_ad, (ads.len() * if long { 16 } else { 8 }) as u32);
+        for &(len, pos, part) in ads {
+            put32(&mut b, at, len);
+            put32(&mut b, at + 4, pos);
+            if long {
+                b[at + 8..at + 10].copy_from_slice(&part.unwrap_or(0).to_le_bytes());
+                at += 16;
+            } else {
+                at += 8;
+            }
         }
-        tag(&mut b, 261, block);
+        tag(&mut b, if extended { 266 } else { 261 }, block);
         b
     }
 
-    fn fid(name: &str, is_dir: bool, parent: bool, icb_block: u32) -> Vec<u8> {
+    fn fid(name: &str, is_dir: bool, parent: bool, icb: (u32, u16)) -> Vec<u8> {
         let mut id = Vec::new();
         if !parent {
             id.push(8);
@@ -419,7 +438,8 @@ mod synthetic_udf {
         b[18] = (if is_dir { 2 } else { 0 }) | (if parent { 8 } else { 0 });
         b[19] = id.len() as u8;
         put32(&mut b, 20, S as u32);
-        put32(&mut b, 24, icb_block);
+        put32(&mut b, 24, icb.0);
+        b[28..30].copy_from_slice(&icb.1.to_le_bytes());
         b[38..38 + id.len()].copy_from_slice(&id);
         tag(&mut b, 257, 0);
         b
@@ -433,96 +453,143 @@ mod synthetic_udf {
         (b, len)
     }
 
-    pub fn write(path: &Path, wim_len: u64, header: &[u8], xml: &[u8]) {
+    pub fn write(path: &Path, wim_len: u64, header: &[u8], xml: &[u8], udf250: bool) {
         let f = File::create(path).unwrap();
         let data_sectors = wim_len.div_ceil(S);
         let total = (PARTITION_START + DATA_BLOCK + data_sectors + 300) * S;
         f.set_len(total).unwrap();
         let at = |sector: u64, b: &[u8]| f.write_all_at(b, sector * S).unwrap();
 
-        for (n, id) in [b"BEA01", b"NSR02", b"TEA01"].iter().enumerate() {
+        for (n, id) in [b"BEA01", b"NSR03", b"TEA01"].iter().enumerate() {
             let mut b = vec![0u8; S as usize];
             b[1..6].copy_from_slice(*id);
             b[6] = 1;
             at(16 + n as u64, &b);
         }
-        // Anchor at 256 and at N-1: main sequence at 32, 16 sectors.
+        // Anchor at 256 (and at N-1): main sequence at 32, 16 sectors.
         let mut avdp = vec![0u8; S as usize];
         put32(&mut avdp, 16, 16 * S as u32);
         put32(&mut avdp, 20, 32);
         tag(&mut avdp, 2, 256);
         at(256, &avdp);
+        let last = total / S - 1;
+        let mut end_anchor = avdp.clone();
+        tag(&mut end_anchor, 2, last as u32);
+        at(last, &end_anchor);
         // Partition descriptor: number 0, starting at PARTITION_START.
         let mut pd = vec![0u8; S as usize];
-        pd[22..24].copy_from_slice(&0u16.to_le_bytes());
         put32(&mut pd, 188, PARTITION_START as u32);
         put32(&mut pd, 192, (total / S - PARTITION_START) as u32);
         tag(&mut pd, 5, 32);
         at(32, &pd);
-        // Logical volume: block size 2048, file set at block 0, one type 1 map.
+        // Logical volume: block size 2048, a type 1 map of partition 0 and,
+        // for UDF 2.50, the metadata partition map on it (reference 1).
+        let meta_ref: u16 = if udf250 { 1 } else { 0 };
         let mut lvd = vec![0u8; S as usize];
         put32(&mut lvd, 212, S as u32);
         put32(&mut lvd, 248, S as u32);
-        put32(&mut lvd, 252, 0);
-        put32(&mut lvd, 264, 6);
-        put32(&mut lvd, 268, 1);
+        lvd[256..258].copy_from_slice(&meta_ref.to_le_bytes()); // file set at block 0
         lvd[440] = 1;
         lvd[441] = 6;
         lvd[442..444].copy_from_slice(&1u16.to_le_bytes());
-        lvd[444..446].copy_from_slice(&0u16.to_le_bytes());
+        if udf250 {
+            let m = &mut lvd[446..446 + 64];
+            m[0] = 2;
+            m[1] = 64;
+            m[5..28].copy_from_slice(b"*UDF Metadata Partition");
+            m[36..38].copy_from_slice(&1u16.to_le_bytes());
+            put32(m, 40, METADATA_FILE);
+            put32(m, 44, u32::MAX);
+            put32(m, 48, u32::MAX);
+            put32(&mut lvd, 264, 70);
+            put32(&mut lvd, 268, 2);
+        } else {
+            put32(&mut lvd, 264, 6);
+            put32(&mut lvd, 268, 1);
+        }
         tag(&mut lvd, 6, 33);
         at(33, &lvd);
         let mut td = vec![0u8; S as usize];
         tag(&mut td, 8, 34);
         at(34, &td);
 
-        // Partition blocks: 0 file set, 1 root entry, 2 root directory,
-        // 3 sources entry, 4 sources directory, 5 install.wim entry.
-        let p = |block: u64, b: &[u8]| at(PARTITION_START + block, b);
+        // Metadata blocks (file system structures): 0 file set, 1 root
+        // entry, 2 root directory, 3 sources entry, 4 sources directory,
+        // 5 install.wim entry; in the metadata file's runs for UDF 2.50.
+        let physical = |block: u64| PARTITION_START + block;
+        let meta = |block: u64| {
+            if !udf250 {
+                return physical(block);
+            }
+            let mut first = 0;
+            for (start, count) in METADATA_RUNS {
+                if block < first + u64::from(count) {
+                    return physical(u64::from(start) + block - first);
+                }
+                first += u64::from(count);
+            }
+            panic!("metadata block {block} is past the metadata file");
+        };
+        if udf250 {
+            let runs: Vec<Ad> = METADATA_RUNS
+                .iter()
+                .map(|&(start, count)| (count * S as u32, start, None))
+                .collect();
+            let size = METADATA_RUNS.iter().map(|r| u64::from(r.1) * S).sum();
+            at(
+                physical(u64::from(METADATA_FILE)),
+                &file_entry(METADATA_FILE, 250, size, &runs, true),
+            );
+        }
         let mut fsd = vec![0u8; S as usize];
         put32(&mut fsd, 400, S as u32);
         put32(&mut fsd, 404, 1);
+        fsd[408..410].copy_from_slice(&meta_ref.to_le_bytes());
         tag(&mut fsd, 256, 0);
-        p(0, &fsd);
-        let (root, root_len) = dir_block(&[fid("", true, true, 1), fid("Sources", true, false, 3)]);
-        p(1, &file_entry(1, true, root_len, &[(root_len as u32, 2)]));
-        p(2, &root);
-        let (sources, sources_len) = dir_block(&[
-            fid("", true, true, 1),
-            fid("boot.wim", false, false, 9),
-            fid("Install.WIM", false, false, 5),
+        at(meta(0), &fsd);
+        let (root, root_len) = dir_block(&[
+            fid("", true, true, (1, meta_ref)),
+            fid("Sources", true, false, (3, meta_ref)),
         ]);
-        p(
-            3,
-            &file_entry(3, true, sources_len, &[(sources_len as u32, 4)]),
+        let dir_ad = |len: u64, block: u32| (len as u32, block, None);
+        at(
+            meta(1),
+            &file_entry(1, 4, root_len, &[dir_ad(root_len, 2)], udf250),
         );
-        p(4, &sources);
-        let mut extents = Vec::new();
+        at(meta(2), &root);
+        let (sources, sources_len) = dir_block(&[
+            fid("", true, true, (1, meta_ref)),
+            fid("boot.wim", false, false, (9, meta_ref)),
+            fid("Install.WIM", false, false, (5, meta_ref)),
+        ]);
+        at(
+            meta(3),
+            &file_entry(3, 4, sources_len, &[dir_ad(sources_len, 4)], udf250),
+        );
+        at(meta(4), &sources);
+        let mut ads = Vec::new();
         let mut left = wim_len;
         let mut block = DATA_BLOCK;
         while left > 0 {
             let len = left.min(EXTENT);
-            extents.push((len as u32, block as u32));
+            // Data lies in the physical partition: a long_ad names it from
+            // the metadata partition.
+            ads.push((len as u32, block as u32, udf250.then_some(0)));
             block += len.div_ceil(S);
             left -= len;
         }
-        p(5, &file_entry(5, false, wim_len, &extents));
+        at(meta(5), &file_entry(5, 5, wim_len, &ads, udf250));
 
         // The file's bytes: contiguous blocks from DATA_BLOCK.
-        let file_at = (PARTITION_START + DATA_BLOCK) * S;
+        let file_at = physical(DATA_BLOCK) * S;
         f.write_all_at(header, file_at).unwrap();
         f.write_all_at(xml, file_at + wim_len - xml.len() as u64)
             .unwrap();
-        // A second anchor in the last sector.
-        let last = total / S - 1;
-        let mut avdp = avdp.clone();
-        tag(&mut avdp, 2, last as u32);
-        at(last, &avdp);
     }
 }
 
 /// A 5 GiB install.wim (its XML at the end, past 4 GiB, across five UDF
-/// extents) in a sparse UDF image: the images come back, and only the
+/// extents) in sparse UDF 1.02 and 2.50 images: the images come back, and only the
 /// file-system structures, the WIM header and the XML are read.
 #[test]
 fn large_wim_in_udf_is_read_by_header_and_xml_only() {
@@ -542,28 +609,31 @@ fn large_wim_in_udf_is_read_by_header_and_xml_only() {
     let mut header = bytes[..208].to_vec();
     header[80..88].copy_from_slice(&(wim_len - xml.len() as u64).to_le_bytes());
 
-    let iso = dir.path().join("large.iso");
-    synthetic_udf::write(&iso, wim_len, &header, &xml);
-    assert!(std::fs::metadata(&iso).unwrap().len() > wim_len);
+    for (name, udf250) in [("udf102.iso", false), ("udf250.iso", true)] {
+        let iso = dir.path().join(name);
+        synthetic_udf::write(&iso, wim_len, &header, &xml, udf250);
+        assert!(std::fs::metadata(&iso).unwrap().len() > wim_len);
 
-    let mut disc = Counting {
-        inner: File::open(&iso).unwrap(),
-        read: 0,
-    };
-    let found = images_in_reader(&mut disc, &iso).unwrap();
-    assert_eq!(found, images);
-    let wim_bytes = 208 + xml.len() as u64;
-    eprintln!(
-        "read {} bytes of a {} byte ISO (WIM header + XML: {wim_bytes} bytes)",
-        disc.read,
-        std::fs::metadata(&iso).unwrap().len()
-    );
-    // Descriptors and directories are a few 2 KiB sectors.
-    assert!(
-        disc.read < wim_bytes + 32 * 2048,
-        "read {} bytes",
-        disc.read
-    );
+        let mut disc = Counting {
+            inner: File::open(&iso).unwrap(),
+            read: 0,
+        };
+        let found = images_in_reader(&mut disc, &iso).unwrap();
+        assert_eq!(found, images, "{name}");
+        let wim_bytes = 208 + xml.len() as u64;
+        eprintln!(
+            "{name}: read {} bytes of a {} byte ISO (WIM header + XML: {wim_bytes} bytes)",
+            disc.read,
+            std::fs::metadata(&iso).unwrap().len()
+        );
+        // Descriptors and directories are a few 2 KiB sectors.
+        assert!(
+            disc.read < wim_bytes + 32 * 2048,
+            "{name}: read {} bytes",
+            disc.read
+        );
+        std::fs::remove_file(&iso).unwrap();
+    }
 }
 
 /// A Windows 11 config naming `iso`, with `guest` lines added, in a fresh
