@@ -237,7 +237,7 @@ impl Volume {
         Ok(Some(volume))
     }
 
-    /// Disc byte ranges of `blocks` blocks from `at`.
+    /// Where on the disc the `bytes` bytes from block `at` lie.
     fn place(&self, at: BlockAddress, bytes: u64) -> Result<Vec<Piece>, FsError> {
         let map = self.maps.get(at.partition as usize).ok_or_else(|| {
             FsError::Damaged(format!(
