@@ -22,8 +22,8 @@ use thiserror::Error;
 
 use crate::config::{Config, GuestOsKind};
 use crate::media::unattend::{ImageSelector, image_selector};
-pub use crate::media::wim::WimImage;
 use crate::media::wim::{self, WimError};
+pub use crate::media::wim::{WimImage, write_wim};
 use disc::{FileReader, Node};
 
 /// Where Windows Setup (Vista and newer) takes the images from.
