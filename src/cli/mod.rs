@@ -57,7 +57,9 @@ pub enum Command {
     )]
     Refresh(RefreshArgs),
     /// Write the install media: floppy.img, cygwin.iso, the answer file and a manifest.
-    #[command(after_help = "Example:\n  cygvm media --config cygvm.toml --out media")]
+    #[command(
+        after_help = "Examples:\n  cygvm media --config cygvm.toml --out media\n  cygvm media --config cygvm.toml --list-editions\n\nWith `guest.iso` set, the configured `guest.edition` or `guest.index` is\nlooked up in the ISO's sources/install.wim (or install.esd) first; nothing\nis written if the ISO lacks it."
+    )]
     Media(MediaArgs),
     /// The controller VM's agent (runs inside the controller, not on the host).
     #[command(hide = true)]
@@ -201,6 +203,9 @@ pub struct MediaArgs {
     /// Print the media manifest as JSON.
     #[arg(long)]
     pub json: bool,
+    /// List the images (index, name, edition id) of `guest.iso` and write nothing.
+    #[arg(long)]
+    pub list_editions: bool,
 }
 
 /// Logs go to stderr; RUST_LOG selects the level (default: `default`).
@@ -257,6 +262,11 @@ pub fn run() -> Result<ExitCode> {
         }
         Command::Media(args) => {
             let config = args.config.load()?;
+            if args.list_editions {
+                print!("{}", crate::media::windows_iso::list_images(&config)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            crate::media::windows_iso::check_windows_iso(&config)?;
             crate::media::run(&config, args.out.as_deref(), args.json)
         }
     }

@@ -6,6 +6,8 @@ pub mod floppy;
 pub mod iso;
 pub mod password;
 pub mod unattend;
+pub mod wim;
+pub mod windows_iso;
 pub mod winnt_sif;
 
 use std::path::Path;

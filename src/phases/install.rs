@@ -54,6 +54,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
             bail!("key `guest.iso`: {} does not exist", iso.display());
         }
     }
+    media::windows_iso::check_windows_iso(config)?;
     let art = HostArtifacts::prepare(os)?;
     let image = ImageDir::new(config.image_dir());
     let lock = image.lock_exclusive()?;
