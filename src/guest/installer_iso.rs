@@ -22,6 +22,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::WindowsVersion;
 use crate::fsutil::write_atomic;
+use crate::media::wim::{WimImage, encode_wim};
 use crate::vm::host_tools::HostProgram;
 
 pub const GRUB_MKRESCUE: HostProgram = HostProgram {
@@ -141,17 +142,27 @@ pub fn cd_grub_cfg() -> String {
              {boot}}}\n"
         );
     }
-    c.push_str(
-        "menuentry \"No key: next boot device\" --id fallthrough {\n\
+    // Without a key, the next boot device: the disk. Microsoft's loader
+    // hands back to the firmware with an error, and the firmware boots the
+    // next device in its order; GRUB's `exit` reports success, which sends
+    // OVMF to its setup menu instead, so the stand-in loads the disk's
+    // loader itself (BIOS: its boot sector, UEFI: its removable-media
+    // loader). A blank disk leaves nothing to boot, as with Windows.
+    let _ = write!(
+        c,
+        "menuentry \"No key: next boot device\" --id fallthrough {{\n\
+         \x20   echo \"cygvm-standin installer: no key, booting the next device\"\n\
          \x20   if [ \"$grub_platform\" = efi ]; then\n\
-         \x20       echo \"cygvm-standin installer: no key, back to the firmware\"\n\
+         \x20       if search --no-floppy --file --set=disk {BOOT_MARKER}; then\n\
+         \x20           chainloader ($disk)/EFI/BOOT/BOOTX64.EFI\n\
+         \x20           boot\n\
+         \x20       fi\n\
          \x20       exit\n\
          \x20   fi\n\
-         \x20   echo \"cygvm-standin installer: no key, booting the disk\"\n\
          \x20   set root=(hd0)\n\
          \x20   chainloader +1\n\
          \x20   boot\n\
-         }\n",
+         }}\n"
     );
     c
 }
@@ -283,16 +294,18 @@ pub fn build(parts: &InstallerParts, out: &Path) -> Result<()> {
 
 /// `sources/install.wim` naming `editions` as images 1, 2, ...
 fn install_wim(editions: &[String]) -> Vec<u8> {
-    let mut xml = String::from("<WIM>");
-    for (i, name) in editions.iter().enumerate() {
-        let _ = write!(xml, "<IMAGE INDEX=\"{}\"><NAME>{name}</NAME></IMAGE>", i + 1);
-    }
-    xml.push_str("</WIM>");
-    let mut out = vec![0xff, 0xfe];
-    for u in xml.encode_utf16() {
-        out.extend_from_slice(&u.to_le_bytes());
-    }
-    out
+    let images: Vec<WimImage> = editions
+        .iter()
+        .zip(1..)
+        .map(|(name, index)| WimImage {
+            index,
+            name: name.clone(),
+            edition_id: None,
+            installation_type: None,
+            display_name: Some(name.clone()),
+        })
+        .collect();
+    encode_wim(&images)
 }
 
 #[cfg(test)]
@@ -306,7 +319,10 @@ mod tests {
         assert!(cfg.contains("--hotkey=\" \""), "cygvm's key {BOOT_KEY} must boot");
         assert!(cfg.contains("--hotkey=\"a\""));
         assert!(cfg.contains("set default=fallthrough"));
-        assert!(cfg.contains("exit"), "UEFI: back to the firmware");
+        assert!(
+            cfg.contains("chainloader ($disk)/EFI/BOOT/BOOTX64.EFI"),
+            "UEFI: the disk's loader"
+        );
         assert!(cfg.contains("chainloader +1"), "BIOS: the disk's boot sector");
     }
 

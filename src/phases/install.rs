@@ -59,23 +59,6 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
     let image = ImageDir::new(config.image_dir());
     let lock = image.lock_exclusive()?;
 
-    tracing::info!(
-        "[media] writing the install media to {}",
-        image.media().display()
-    );
-    let media_manifest = media::build::build(config, &image.media())?;
-    let secrets = ImageSecrets::load_or_create(
-        &image.secrets(),
-        config.guest.admin_password.as_ref().map(|p| p.0.as_str()),
-    )?;
-
-    let pending = image.begin_generation(&lock)?;
-    art.create_disk(&pending.disk(), config.guest.disk.bytes(), None)?;
-    let config_text = std::fs::read(config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
-    config
-        .store_in_generation(config_path, &pending.dir)
-        .context("cannot record the config in the new generation")?;
     let windows_iso = match os {
         GuestOs::Windows => config.resolve_path(config.guest.iso.as_ref().ok_or_else(|| {
             anyhow!("key `guest.iso` is not set: name the Windows installation ISO to install from")
@@ -98,9 +81,27 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
                 &iso,
             )
             .context("cannot make the linux-standin's installer ISO")?;
+            media::windows_iso::check_install_iso(config, &iso)?;
             iso
         }
     };
+    tracing::info!(
+        "[media] writing the install media to {}",
+        image.media().display()
+    );
+    let media_manifest = media::build::build(config, &image.media())?;
+    let secrets = ImageSecrets::load_or_create(
+        &image.secrets(),
+        config.guest.admin_password.as_ref().map(|p| p.0.as_str()),
+    )?;
+
+    let pending = image.begin_generation(&lock)?;
+    art.create_disk(&pending.disk(), config.guest.disk.bytes(), None)?;
+    let config_text = std::fs::read(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    config
+        .store_in_generation(config_path, &pending.dir)
+        .context("cannot record the config in the new generation")?;
     let uefi_vars = if config.guest.firmware() == ConfigFirmware::Uefi {
         let vars = pending.dir.join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS_4M, &vars).with_context(|| {

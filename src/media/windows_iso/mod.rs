@@ -277,7 +277,13 @@ pub fn check_windows_iso(config: &Config) -> Result<Option<WimImage>> {
     let Some(iso) = &config.guest.iso else {
         return Ok(None);
     };
-    let iso = config.resolve_path(iso);
+    check_install_iso(config, &config.resolve_path(iso))
+}
+
+/// Checks that the installation ISO `iso` (Windows', or the linux-standin's
+/// installer) holds the image the answer file will ask for; returns it.
+pub fn check_install_iso(config: &Config, iso: &Path) -> Result<Option<WimImage>> {
+    let iso = iso.to_path_buf();
     let version = config.guest.version;
     if version.uses_winnt_sif() {
         check_winnt_media(&iso, version.config_name())?;
