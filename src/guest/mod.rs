@@ -173,7 +173,8 @@ impl GuestOs {
     pub fn reboot(self) -> String {
         match self {
             GuestOs::Standin => "sync; (sleep 1; reboot -f) >/dev/null 2>&1 &".into(),
-            GuestOs::Windows => "shutdown /r /t 2 /f".into(),
+            // System32's shutdown.exe by path, for the reason poweroff gives.
+            GuestOs::Windows => r#""$(cygpath -S)/shutdown.exe" /r /t 2 /f"#.into(),
         }
     }
 
@@ -330,6 +331,18 @@ mod tests {
             cmd.starts_with(r#""$(cygpath -S)/shutdown.exe" /s "#),
             "{cmd}"
         );
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &cmd])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+
+    #[test]
+    fn the_windows_reboot_is_the_system32_shutdown() {
+        // Cygwin's /usr/bin/shutdown would take `/r` for a time and fail.
+        let cmd = GuestOs::Windows.reboot();
+        assert_eq!(cmd, r#""$(cygpath -S)/shutdown.exe" /r /t 2 /f"#);
         let out = std::process::Command::new("bash")
             .args(["-n", "-c", &cmd])
             .output()
