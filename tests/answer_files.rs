@@ -807,9 +807,72 @@ fn bootstrap_files_carry_the_config() {
     assert!(script.starts_with("#!/bin/bash\n") && !script.contains('\r'));
     assert!(script.contains("set -eu"));
     assert!(script.contains("ssh-host-config --yes"));
-    assert!(script.contains("cygrunsrv -S sshd"));
+    assert!(script.contains("cygrunsrv -S \"$service\""));
+    assert!(!script.contains("cygrunsrv -S sshd"), "the name is looked up");
     assert!(script.contains("remoteip=\"$CYGVM_NETWORK/$CYGVM_PREFIX\""));
     assert!(!script.contains("advfirewall set"), "the firewall stays on");
+}
+
+/// Runs bootstrap.sh's `sshd_service` function with a stand-in `cygrunsrv`
+/// that lists `listed` (one name per line, CRLF as Cygwin programs may
+/// write) and, like the real one, answers `-Q` for every existing service,
+/// cygrunsrv's or not.
+fn sshd_service_with(listed: &[&str], existing: &[&str]) -> (bool, String) {
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("unattend/bootstrap.sh"),
+    )
+    .unwrap();
+    let start = script.find("sshd_service() {").expect("sshd_service in bootstrap.sh");
+    let end = start + script[start..].find("\n}\n").unwrap() + 3;
+    let function = &script[start..end];
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("cygrunsrv");
+    let mut body = String::from("#!/bin/bash\ncase \"$1\" in\n-L)\n");
+    for name in listed {
+        body.push_str(&format!("  printf '%s\\r\\n' {name}\n"));
+    }
+    body.push_str("  ;;\n-Q)\n  case \"$2\" in\n");
+    for name in existing {
+        body.push_str(&format!("  {name}) echo 'Service : {name}'; echo 'Current State : Running' ;;\n"));
+    }
+    body.push_str("  *) echo \"cygrunsrv: Error querying service: OpenService: Win32 error 1060:\" >&2; exit 1 ;;\n  esac ;;\n*) exit 1 ;;\nesac\n");
+    std::fs::write(&stub, body).unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -eu\nsay() {{ echo \"$*\"; }}\n{function}\nsshd_service"))
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn bootstrap_starts_the_service_ssh_host_config_made() {
+    // OpenSSH 8.0 and later: cygsshd.
+    assert_eq!(
+        sshd_service_with(&["cron", "cygsshd"], &["cron", "cygsshd"]),
+        (true, "cygsshd".to_string())
+    );
+    // Older OpenSSH (the XP/2003 era): sshd.
+    assert_eq!(
+        sshd_service_with(&["sshd"], &["sshd"]),
+        (true, "sshd".to_string())
+    );
+    // Server 2025 with Microsoft's sshd and Cygwin's cygsshd: Cygwin's.
+    assert_eq!(
+        sshd_service_with(&["cygsshd"], &["sshd", "cygsshd"]),
+        (true, "cygsshd".to_string())
+    );
+    // Only Microsoft's sshd exists: not ours, so the step fails.
+    let (ok, out) = sshd_service_with(&[], &["sshd"]);
+    assert!(!ok, "{out}");
+    assert!(out.is_empty(), "{out}");
 }
 
 #[test]
