@@ -8,7 +8,7 @@ use cygvm::config::{Config, Firmware, WindowsVersion};
 use cygvm::media::bootstrap::bootstrap_files;
 use cygvm::media::password::{PasswordSetting, decode};
 use cygvm::media::unattend::{
-    AnswerFileError, MediaContext, answer_file, autounattend_xml, installer_name,
+    AnswerFileError, MediaContext, answer_file, autounattend_xml, installer_name, setup_flags,
 };
 use cygvm::media::winnt_sif::winnt_sif;
 use quick_xml::Reader;
@@ -773,8 +773,9 @@ fn bootstrap_files_carry_the_config() {
     let firstlogon = get("cygvm/firstlogon.cmd");
     assert!(!firstlogon.replace("\r\n", "").contains('\n'), "CRLF only");
     assert!(firstlogon.contains(
-        "-q -L -l \"%ISO%\\mirror\" -R \"%CYGVM_ROOT%\" -P %CYGVM_PACKAGES% -n -N -d -X"
+        "\r\nstart \"\" /wait \"%ISO%\\%CYGVM_INSTALLER%\" %CYGVM_SETUP_FLAGS% -l \"%ISO%\\mirror\" -R \"%CYGVM_ROOT%\" -P %CYGVM_PACKAGES%\r\n"
     ));
+    assert!(firstlogon.contains(">\"%STATE%\\setup-flags.txt\" echo %CYGVM_SETUP_FLAGS%\r\n"));
     assert!(
         firstlogon.contains("\"%RC%\"==\"118\""),
         "reboot-pending is success"
@@ -808,7 +809,10 @@ fn bootstrap_files_carry_the_config() {
     assert!(script.contains("set -eu"));
     assert!(script.contains("ssh-host-config --yes"));
     assert!(script.contains("cygrunsrv -S \"$service\""));
-    assert!(!script.contains("cygrunsrv -S sshd"), "the name is looked up");
+    assert!(
+        !script.contains("cygrunsrv -S sshd"),
+        "the name is looked up"
+    );
     assert!(script.contains("remoteip=\"$CYGVM_NETWORK/$CYGVM_PREFIX\""));
     assert!(!script.contains("advfirewall set"), "the firewall stays on");
 }
@@ -822,7 +826,9 @@ fn sshd_service_with(listed: &[&str], existing: &[&str]) -> (bool, String) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("unattend/bootstrap.sh"),
     )
     .unwrap();
-    let start = script.find("sshd_service() {").expect("sshd_service in bootstrap.sh");
+    let start = script
+        .find("sshd_service() {")
+        .expect("sshd_service in bootstrap.sh");
     let end = start + script[start..].find("\n}\n").unwrap() + 3;
     let function = &script[start..end];
     let dir = tempfile::tempdir().unwrap();
@@ -833,16 +839,23 @@ fn sshd_service_with(listed: &[&str], existing: &[&str]) -> (bool, String) {
     }
     body.push_str("  ;;\n-Q)\n  case \"$2\" in\n");
     for name in existing {
-        body.push_str(&format!("  {name}) echo 'Service : {name}'; echo 'Current State : Running' ;;\n"));
+        body.push_str(&format!(
+            "  {name}) echo 'Service : {name}'; echo 'Current State : Running' ;;\n"
+        ));
     }
     body.push_str("  *) echo \"cygrunsrv: Error querying service: OpenService: Win32 error 1060:\" >&2; exit 1 ;;\n  esac ;;\n*) exit 1 ;;\nesac\n");
     std::fs::write(&stub, body).unwrap();
-    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
-    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap());
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
     let out = std::process::Command::new("bash")
         .arg("-c")
-        .arg(format!("set -eu\nsay() {{ echo \"$*\"; }}\n{function}\nsshd_service"))
+        .arg(format!(
+            "set -eu\nsay() {{ echo \"$*\"; }}\n{function}\nsshd_service"
+        ))
         .env("PATH", path)
         .output()
         .unwrap();
@@ -873,6 +886,36 @@ fn bootstrap_starts_the_service_ssh_host_config_made() {
     let (ok, out) = sshd_service_with(&[], &["sshd"]);
     assert!(!ok, "{out}");
     assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn setup_flags_allow_unsupported_windows_only_where_needed() {
+    for v in WindowsVersion::ALL {
+        let extra = if v.uses_winnt_sif() {
+            "product_key = \"AAAAA-BBBBB-CCCCC-DDDDD-EEEEE\""
+        } else {
+            ""
+        };
+        let firmware = if v.uses_winnt_sif() { "bios" } else { "uefi" };
+        let c = config(v.config_name(), firmware, extra);
+        let files = bootstrap_files(&ctx(&c, PASSWORD));
+        let cmd = String::from_utf8(files[1].1.clone()).unwrap();
+        let line = cmd
+            .lines()
+            .find(|l| l.starts_with("set \"CYGVM_SETUP_FLAGS="))
+            .unwrap_or_else(|| panic!("{v}: no CYGVM_SETUP_FLAGS in {cmd}"));
+        let want = match v {
+            WindowsVersion::Xp | WindowsVersion::Server2003 | WindowsVersion::Win7 => {
+                "set \"CYGVM_SETUP_FLAGS=-q -L -n -N -d -X --allow-unsupported-windows\"\r"
+            }
+            _ => "set \"CYGVM_SETUP_FLAGS=-q -L -n -N -d -X\"\r",
+        };
+        assert_eq!(format!("{line}\r"), want, "{v}");
+        assert_eq!(
+            setup_flags(v),
+            want["set \"CYGVM_SETUP_FLAGS=".len()..want.len() - 2].to_string()
+        );
+    }
 }
 
 #[test]

@@ -145,15 +145,23 @@ impl GuestOs {
     /// puts at /inputs/mirror (with the installer beside it). The
     /// stand-in, which has no Cygwin, records the mirror's index instead, so
     /// a refresh is seen in the guest the same way.
+    ///
+    /// On Windows setup runs with the flags the install ran it with for
+    /// this Windows version (`media::unattend::setup_flags`), which
+    /// firstlogon.cmd recorded in the guest, plus `-g` (upgrade). Images
+    /// made before that record existed ran the flags of current Windows.
     pub fn update_command(self, installer: &str, root: &str, packages: &[String]) -> String {
         match self {
             GuestOs::Windows => format!(
                 "exec bash -l -c {}",
                 quote(&format!(
-                    "cd /inputs && ./{} -q -g -L -l \"$(cygpath -w /inputs/mirror)\" -R {} -P {} -n -N -d -X",
+                    "if [ -s {record} ]; then flags=$(tr -d '\\r' < {record}); else flags={default}; fi; \
+                     cd /inputs && ./{} $flags -g -l \"$(cygpath -w /inputs/mirror)\" -R {} -P {}",
                     quote(installer),
                     quote(root),
-                    quote(&packages.join(","))
+                    quote(&packages.join(",")),
+                    record = crate::media::unattend::SETUP_FLAGS_RECORD,
+                    default = quote(crate::media::unattend::SETUP_FLAGS),
                 ))
             ),
             GuestOs::Standin => {
@@ -348,6 +356,72 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success());
+    }
+
+    /// Runs the Windows update command with stand-ins for setup and
+    /// cygpath, the inputs share and the flags record in a temp directory;
+    /// returns the arguments setup got.
+    fn update_argv(record: Option<&str>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = dir.path().join("inputs");
+        std::fs::create_dir_all(&inputs).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = |path: &std::path::Path, text: &str| {
+            std::fs::write(path, text).unwrap();
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        exe(
+            &inputs.join("setup-x86_64.exe"),
+            "#!/bin/sh\nprintf '%s\\n' \"$*\"\n",
+        );
+        exe(
+            &bin.join("cygpath"),
+            "#!/bin/sh\nprintf '%s\\n' 'E:\\mirror'\n",
+        );
+        let record_path = dir.path().join("setup-flags.txt");
+        if let Some(text) = record {
+            std::fs::write(&record_path, text).unwrap();
+        }
+        let cmd = GuestOs::Windows
+            .update_command(
+                "setup-x86_64.exe",
+                r"C:\cygwin64",
+                &["openssh".into(), "make".into()],
+            )
+            .replace("bash -l -c", "bash -c")
+            .replace(
+                crate::media::unattend::SETUP_FLAGS_RECORD,
+                record_path.to_str().unwrap(),
+            )
+            .replace("/inputs", inputs.to_str().unwrap());
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let out = std::process::Command::new("bash")
+            .args(["-c", &cmd])
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn the_windows_update_runs_setup_with_the_installs_flags() {
+        // firstlogon.cmd wrote the Windows 7 flags (cmd's CRLF included).
+        assert_eq!(
+            update_argv(Some("-q -L -n -N -d -X --allow-unsupported-windows\r\n")),
+            r"-q -L -n -N -d -X --allow-unsupported-windows -g -l E:\mirror -R C:\cygwin64 -P openssh,make"
+        );
+        // An image from before the record: the flags of current Windows.
+        assert_eq!(
+            update_argv(None),
+            r"-q -L -n -N -d -X -g -l E:\mirror -R C:\cygwin64 -P openssh,make"
+        );
     }
 
     #[test]

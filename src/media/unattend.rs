@@ -103,6 +103,34 @@ pub fn installer_name(version: WindowsVersion) -> &'static str {
     }
 }
 
+/// Cygwin setup's flags for this Windows, for the install (firstlogon.cmd
+/// through config.cmd) and the refresh alike; the per-run `-l`, `-R` and
+/// `-P` come after them. `-q` quiet, `-L` install from the local directory,
+/// `-n -N -d` no shortcuts, start menu or desktop icons, `-X` no signature
+/// check (the mirror's setup.ini is checked and rewritten on the host, so a
+/// .sig next to it would not match).
+///
+/// Setup refuses Windows older than the Cygwin release it installs
+/// supports unless given `--allow-unsupported-windows` (added in setup
+/// 2.878): XP and 2003 (NT 5.x, refused since that release) and Windows 7
+/// (NT 6.1; current Cygwin needs 8.1 / Server 2012 R2). Cygwin's install
+/// page gives the flag for exactly these, with a Time Machine mirror of
+/// their era.
+pub fn setup_flags(version: WindowsVersion) -> &'static str {
+    if version.runs_current_cygwin() {
+        SETUP_FLAGS
+    } else {
+        "-q -L -n -N -d -X --allow-unsupported-windows"
+    }
+}
+
+/// [`setup_flags`] on every Windows current Cygwin supports.
+pub const SETUP_FLAGS: &str = "-q -L -n -N -d -X";
+
+/// Where firstlogon.cmd records the flags it ran setup with, so a refresh
+/// runs setup the same way (Cygwin's path of `C:\cygvm\setup-flags.txt`).
+pub const SETUP_FLAGS_RECORD: &str = "/cygdrive/c/cygvm/setup-flags.txt";
+
 /// The Cygwin root in the guest. The config's default `C:\cygwin64` becomes
 /// `C:\cygwin` for XP/2003, where Cygwin is 32-bit.
 pub fn cygwin_root(config: &Config) -> String {
