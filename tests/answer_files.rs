@@ -8,7 +8,8 @@ use cygvm::config::{Config, Firmware, WindowsVersion};
 use cygvm::media::bootstrap::bootstrap_files;
 use cygvm::media::password::{PasswordSetting, decode};
 use cygvm::media::unattend::{
-    AnswerFileError, MediaContext, answer_file, autounattend_xml, installer_name, setup_flags,
+    AnswerFileError, ImageSelector, MediaContext, SelectedImage, answer_file, autounattend_xml,
+    image_selector, installer_name, setup_flags,
 };
 use cygvm::media::winnt_sif::winnt_sif;
 use quick_xml::Reader;
@@ -32,6 +33,7 @@ fn ctx<'a>(config: &'a Config, password: &'a str) -> MediaContext<'a> {
         client_public_key: CLIENT_KEY,
         marker_name: "CYGVM.TAG",
         media_id: "cygvm-0123456789abcdef",
+        image: None,
     }
 }
 
@@ -392,32 +394,132 @@ fn edition_by_index_or_default_name() {
     );
 }
 
+fn key_in(root: &Node) -> Option<String> {
+    let user_data = root
+        .pass("windowsPE")
+        .component("Microsoft-Windows-Setup")
+        .kid("UserData");
+    assert_eq!(user_data.text_at("AcceptEula"), "true");
+    user_data
+        .has("ProductKey")
+        .then(|| user_data.text_at("ProductKey/Key").to_string())
+}
+
+fn xml_for_image(version: &str, image: SelectedImage) -> Result<String, AnswerFileError> {
+    let c = config(version, "uefi", "");
+    let mut cx = ctx(&c, PASSWORD);
+    cx.image = Some(image);
+    autounattend_xml(&cx)
+}
+
+fn image(name: &str, edition_id: &str) -> SelectedImage {
+    SelectedImage {
+        index: 2,
+        name: name.into(),
+        edition_id: Some(edition_id.into()),
+        installation_type: None,
+    }
+}
+
 #[test]
-fn product_key_only_when_configured() {
-    let setup = |root: &Node| -> bool {
-        root.pass("windowsPE")
-            .component("Microsoft-Windows-Setup")
-            .kid("UserData")
-            .has("ProductKey")
-    };
+fn docs_name_the_default_edition_of_every_version() {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md"))
+            .unwrap();
+    assert!(!docs.contains("index 1 is used"), "the default is a name");
+    for v in WindowsVersion::ALL {
+        if v.uses_winnt_sif() {
+            continue;
+        }
+        let c = config(v.config_name(), "uefi", "");
+        let ImageSelector::Name(name) = image_selector(&c) else {
+            panic!("{v}: the default edition is a name");
+        };
+        let row = format!("| `\"{}\"` | `\"{name}\"` |", v.config_name());
+        assert!(docs.contains(&row), "docs/config.md lacks {row}");
+    }
+}
+
+#[test]
+fn product_key_configured_or_microsofts_generic_key() {
+    // A configured key wins.
     let with = xml_for(
         "10",
         "uefi",
         "product_key = \"vk7jg-nphtm-c97jm-9mpgt-3v66t\"",
     );
-    assert!(setup(&with));
     assert_eq!(
-        with.pass("windowsPE")
-            .component("Microsoft-Windows-Setup")
-            .text_at("UserData/ProductKey/Key"),
-        "VK7JG-NPHTM-C97JM-9MPGT-3V66T"
+        key_in(&with).as_deref(),
+        Some("VK7JG-NPHTM-C97JM-9MPGT-3V66T")
     );
-    assert!(!setup(&xml_for("server2022", "uefi", "")));
-    let user_data = with
-        .pass("windowsPE")
-        .component("Microsoft-Windows-Setup")
-        .kid("UserData");
-    assert_eq!(user_data.text_at("AcceptEula"), "true");
+    // The default edition of 10 and 11 (Pro) gets the generic Pro key,
+    // so Setup does not stop at the product-key page.
+    const PRO: &str = "W269N-WFGWX-YVC9B-4J6C9-T83GX";
+    assert_eq!(key_in(&xml_for("11", "uefi", "")).as_deref(), Some(PRO));
+    assert_eq!(key_in(&xml_for("10", "bios", "")).as_deref(), Some(PRO));
+    assert_eq!(
+        key_in(&xml_for(
+            "11",
+            "uefi",
+            "edition = \"Windows 11 Enterprise N\""
+        ))
+        .as_deref(),
+        Some("DPH2V-TTNVB-4X9Q3-TJR4H-KHJW4")
+    );
+    // By index and without the ISO's metadata the edition is unknown.
+    assert_eq!(key_in(&xml_for("11", "uefi", "index = 6")), None);
+    // Evaluation server ISOs, and names that cannot tell them apart: none.
+    assert_eq!(key_in(&xml_for("server2022", "uefi", "")), None);
+    // 7 and 8.1 retail media refuse volume keys.
+    assert_eq!(key_in(&xml_for("7", "bios", "")), None);
+    assert_eq!(key_in(&xml_for("8.1", "uefi", "")), None);
+
+    // The image read from the ISO decides when it is known.
+    let eval = xml_for_image(
+        "server2022",
+        image("Windows Server 2022 SERVERSTANDARD", "ServerStandardEval"),
+    )
+    .unwrap();
+    assert_eq!(key_in(&parse(&eval)), None);
+    let volume = xml_for_image(
+        "server2022",
+        image("Windows Server 2022 SERVERSTANDARD", "ServerStandard"),
+    )
+    .unwrap();
+    assert_eq!(
+        key_in(&parse(&volume)).as_deref(),
+        Some("VDYBN-27WPP-V4HQT-9VMD4-VMK7H")
+    );
+    let enterprise_eval = xml_for_image(
+        "11",
+        image("Windows 11 Enterprise Evaluation", "EnterpriseEval"),
+    )
+    .unwrap();
+    assert_eq!(key_in(&parse(&enterprise_eval)), None);
+    let education = xml_for_image("11", image("Windows 11 Education", "Education")).unwrap();
+    assert_eq!(
+        key_in(&parse(&education)).as_deref(),
+        Some("NW6C2-QMPVW-D7KKK-3GKT6-VCFB2")
+    );
+}
+
+#[test]
+fn an_edition_without_a_generic_key_asks_for_product_key() {
+    let c = config("11", "uefi", "edition = \"Windows 11 Home\"");
+    let e = autounattend_xml(&ctx(&c, PASSWORD)).unwrap_err();
+    assert!(matches!(e, AnswerFileError::NoGenericKey { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("guest.product_key"), "{text}");
+    assert!(text.contains("\"Windows 11 Home\""), "{text}");
+    let e = xml_for_image("10", image("Windows 10 Home", "Core")).unwrap_err();
+    assert!(e.to_string().contains("Windows 10 Home"), "{e}");
+    // With a configured key any edition installs.
+    let c = config(
+        "11",
+        "uefi",
+        "edition = \"Windows 11 Home\"\nproduct_key = \"AAAAA-BBBBB-CCCCC-DDDDD-EEEEE\"",
+    );
+    assert!(autounattend_xml(&ctx(&c, PASSWORD)).is_ok());
 }
 
 #[test]

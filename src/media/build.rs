@@ -229,6 +229,7 @@ pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
         client_public_key: &secrets.client_public_key(),
         marker_name: MARKER_NAME,
         media_id: &media_id,
+        image: None,
     };
     let answer = unattend::answer_file(&ctx).context("cannot write the answer file")?;
     // The answer file holds the admin password (encoded, not encrypted).

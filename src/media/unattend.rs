@@ -13,6 +13,7 @@ use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 
 use crate::config::{Config, Firmware, WindowsVersion};
 use crate::media::password::{self, PasswordSetting};
+use crate::media::product_key::{Edition, GenericKey, generic_key};
 
 /// Everything an answer file and the bootstrap files are made from.
 pub struct MediaContext<'a> {
@@ -25,6 +26,23 @@ pub struct MediaContext<'a> {
     pub marker_name: &'a str,
     /// Content of the marker file, so the guest knows it found our ISO.
     pub media_id: &'a str,
+    /// The install.wim image Setup will install, from the ISO's metadata,
+    /// when it has been read; it decides the generic product key.
+    pub image: Option<SelectedImage>,
+}
+
+/// An image of the ISO's install.wim (or install.esd), as its XML metadata
+/// describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedImage {
+    /// `IMAGE/@INDEX`, 1-based.
+    pub index: u32,
+    /// `IMAGE/NAME`, e.g. `Windows 11 Pro`.
+    pub name: String,
+    /// `IMAGE/WINDOWS/EDITIONID`, e.g. `Professional`, `ServerStandardEval`.
+    pub edition_id: Option<String>,
+    /// `IMAGE/WINDOWS/INSTALLATIONTYPE`: `Client`, `Server`, `Server Core`.
+    pub installation_type: Option<String>,
 }
 
 /// An answer file ready for the floppy.
@@ -49,6 +67,13 @@ pub enum AnswerFileError {
         "key `guest.product_key`: Windows {version} cannot install without a product key; set product_key = \"XXXXX-XXXXX-XXXXX-XXXXX-XXXXX\" from your licence"
     )]
     ProductKeyRequired { version: WindowsVersion },
+    #[error(
+        "key `guest.product_key`: Windows {version} Setup stops at its product-key page without a key, and Microsoft publishes no generic key for the edition {edition:?}; set product_key = \"XXXXX-XXXXX-XXXXX-XXXXX-XXXXX\" from your licence, or choose an edition with a generic key (Pro, Education, Enterprise and their N editions)"
+    )]
+    NoGenericKey {
+        version: WindowsVersion,
+        edition: String,
+    },
     #[error(
         "key `guest.timezone`: winnt.sif (Windows {version}) needs a numeric time zone and cygvm knows none for {zone:?}; use one of: {known}"
     )]
@@ -153,7 +178,9 @@ pub enum ImageSelector {
 
 /// The configured edition or index; otherwise a name per version: Pro for
 /// client releases, Standard with the Desktop Experience for servers. These
-/// are the names Microsoft's ISOs carry in install.wim.
+/// are the names Microsoft's ISOs carry in install.wim. A name, not index 1:
+/// index 1 is Home on the consumer ISOs of 10 and 11 (which has no generic
+/// key) and Server Core on the evaluation ISOs.
 pub fn image_selector(config: &Config) -> ImageSelector {
     let g = &config.guest;
     if let Some(name) = &g.edition {
@@ -176,6 +203,41 @@ pub fn image_selector(config: &Config) -> ImageSelector {
         WindowsVersion::Xp | WindowsVersion::Server2003 => return ImageSelector::Index(1),
     };
     ImageSelector::Name(name.to_string())
+}
+
+/// The product key for windowsPE's `UserData/ProductKey`: the configured
+/// one, else Microsoft's generic key for the edition (see
+/// `media::product_key`), else none. The edition is the ISO image's when
+/// known, else the configured or default `/IMAGE/NAME`.
+pub fn product_key(ctx: &MediaContext) -> Result<Option<String>, AnswerFileError> {
+    let g = &ctx.config.guest;
+    if let Some(key) = &g.product_key {
+        return Ok(Some(key.0.clone()));
+    }
+    let selector = image_selector(ctx.config);
+    let edition = match (&ctx.image, &selector) {
+        (Some(image), _) => Edition::of_image(image),
+        (None, ImageSelector::Name(name)) => Edition {
+            name: Some(name),
+            edition_id: None,
+        },
+        (None, ImageSelector::Index(_)) => Edition {
+            name: None,
+            edition_id: None,
+        },
+    };
+    match generic_key(g.version, edition) {
+        GenericKey::Key(key) => Ok(Some(key.to_string())),
+        GenericKey::NoneNeeded | GenericKey::Unknown => Ok(None),
+        GenericKey::Missing => Err(AnswerFileError::NoGenericKey {
+            version: g.version,
+            edition: edition
+                .name
+                .or(edition.edition_id)
+                .unwrap_or_default()
+                .to_string(),
+        }),
+    }
 }
 
 /// Checks the values that end up in cmd and shell command lines.
@@ -261,6 +323,7 @@ pub fn autounattend_xml(ctx: &MediaContext) -> Result<String, AnswerFileError> {
         });
     }
     check_context(ctx)?;
+    let key = product_key(ctx)?;
     let mut x = Xml::new();
     x.w.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None)))?;
     x.open(
@@ -274,7 +337,7 @@ pub fn autounattend_xml(ctx: &MediaContext) -> Result<String, AnswerFileError> {
             ("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"),
         ],
     )?;
-    windows_pe(&mut x, ctx)?;
+    windows_pe(&mut x, ctx, key.as_deref())?;
     specialize(&mut x, ctx)?;
     oobe_system(&mut x, ctx)?;
     x.close("unattend")?;
@@ -283,7 +346,7 @@ pub fn autounattend_xml(ctx: &MediaContext) -> Result<String, AnswerFileError> {
     Ok(text)
 }
 
-fn windows_pe(x: &mut Xml, ctx: &MediaContext) -> io::Result<()> {
+fn windows_pe(x: &mut Xml, ctx: &MediaContext, key: Option<&str>) -> io::Result<()> {
     let g = &ctx.config.guest;
     let locale = g.locale.0.as_str();
     x.open("settings", &[("pass", "windowsPE")])?;
@@ -327,9 +390,9 @@ fn windows_pe(x: &mut Xml, ctx: &MediaContext) -> io::Result<()> {
     x.leaf("AcceptEula", "true")?;
     x.leaf("FullName", ctx.config.guest.admin_user.0.as_str())?;
     x.leaf("Organization", "cygvm")?;
-    if let Some(key) = &g.product_key {
+    if let Some(key) = key {
         x.open("ProductKey", &[])?;
-        x.leaf("Key", &key.0)?;
+        x.leaf("Key", key)?;
         x.leaf("WillShowUI", "OnError")?;
         x.close("ProductKey")?;
     }
