@@ -282,9 +282,11 @@ fn root_passes_and_component_attributes() {
                 );
             }
         }
+        // Windows 11 adds Microsoft-Windows-Deployment in specialize.
         assert_eq!(
-            components, 5,
-            "{version}: WinPE international + setup, shell, international + shell"
+            components,
+            if version == "11" { 6 } else { 5 },
+            "{version}: WinPE international + setup, shell (+ deployment), international + shell"
         );
     }
 }
@@ -520,6 +522,35 @@ fn an_edition_without_a_generic_key_asks_for_product_key() {
         "edition = \"Windows 11 Home\"\nproduct_key = \"AAAAA-BBBBB-CCCCC-DDDDD-EEEEE\"",
     );
     assert!(autounattend_xml(&ctx(&c, PASSWORD)).is_ok());
+}
+
+#[test]
+fn windows_11_oobe_needs_no_network() {
+    for (version, firmware) in ALL_XML {
+        let root = xml_for(version, firmware, "");
+        let specialize = root.pass("specialize");
+        let deployment = specialize
+            .kids("component")
+            .find(|c| c.attr("name") == Some("Microsoft-Windows-Deployment"));
+        if version == "11" {
+            let deployment = deployment.expect("Microsoft-Windows-Deployment in specialize");
+            let command = deployment.at("RunSynchronous/RunSynchronousCommand");
+            assert_eq!(command.text_at("Order"), "1");
+            assert_eq!(
+                command.text_at("Path"),
+                r"reg.exe add HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\OOBE /v BypassNRO /t REG_DWORD /d 1 /f"
+            );
+            let oobe = root
+                .pass("oobeSystem")
+                .component("Microsoft-Windows-Shell-Setup")
+                .kid("OOBE");
+            for hide in ["HideOnlineAccountScreens", "HideWirelessSetupInOOBE"] {
+                assert_eq!(oobe.text_at(hide), "true", "{hide}");
+            }
+        } else {
+            assert!(deployment.is_none(), "{version}");
+        }
+    }
 }
 
 #[test]

@@ -492,8 +492,26 @@ fn specialize(x: &mut Xml, ctx: &MediaContext) -> io::Result<()> {
     x.leaf("ComputerName", &g.computer_name.0)?;
     x.leaf("TimeZone", &g.timezone.0)?;
     x.close("component")?;
+    if g.version == WindowsVersion::Win11 {
+        // Windows 11's OOBE insists on a network ("Let's connect you to a
+        // network") unless BypassNRO is set before it starts; the guest's
+        // private switch has no internet. The value is what OOBE's own
+        // bypassnro.cmd sets; specialize runs before OOBE.
+        x.component("Microsoft-Windows-Deployment")?;
+        x.open("RunSynchronous", &[])?;
+        x.open("RunSynchronousCommand", &[("wcm:action", "add")])?;
+        x.leaf("Order", "1")?;
+        x.leaf("Path", BYPASS_NRO)?;
+        x.leaf("Description", "Windows 11 OOBE: no network needed")?;
+        x.close("RunSynchronousCommand")?;
+        x.close("RunSynchronous")?;
+        x.close("component")?;
+    }
     x.close("settings")
 }
+
+/// Lets Windows 11's OOBE finish without a network connection.
+pub const BYPASS_NRO: &str = r"reg.exe add HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\OOBE /v BypassNRO /t REG_DWORD /d 1 /f";
 
 fn oobe_system(x: &mut Xml, ctx: &MediaContext) -> io::Result<()> {
     let g = &ctx.config.guest;
