@@ -208,6 +208,11 @@ fn golden_answer_files() {
             }
         );
         check_golden(name, &text);
+        for (companion, bytes) in &file.companions {
+            let stem = name.rsplit_once('.').unwrap().0;
+            let golden = format!("{stem}-{}", companion.to_ascii_lowercase());
+            check_golden(&golden, &String::from_utf8(bytes.clone()).unwrap());
+        }
     }
 }
 
@@ -807,11 +812,42 @@ fn winnt_sif_sections_and_values() {
         !run.contains('%'),
         "no string-key syntax in winnt.sif: {run}"
     );
-    assert!(
-        run.contains(r"if exist E:\CYGVM.TAG (E:\cygvm\firstlogon.cmd E: cygvm-0123456789abcdef)")
-    );
-    assert!(run.len() < 4000, "fits an INF line");
+    assert_eq!(run, r#""cmd.exe /d /c A:\CYGVM.CMD""#);
+    for (_, value) in &s.iter().find(|(name, _)| name == "GuiRunOnce").unwrap().1 {
+        assert!(value.len() < 128, "short [GuiRunOnce] line: {value}");
+    }
     assert!(sif_value(&s, "GuiRunOnce", "Command0").contains("net user cygvm"));
+}
+
+#[test]
+fn xp_first_logon_script_sits_on_the_floppy() {
+    let c = config(
+        "2003",
+        "bios",
+        "product_key = \"AAAAA-BBBBB-CCCCC-DDDDD-EEEEE\"",
+    );
+    let answer = answer_file(&ctx(&c, PASSWORD)).unwrap();
+    assert_eq!(answer.name, "winnt.sif");
+    assert_eq!(answer.companions.len(), 1);
+    let (name, bytes) = &answer.companions[0];
+    assert_eq!(*name, "CYGVM.CMD", "8.3 name, root of the floppy");
+    let sif = String::from_utf8(answer.bytes.clone()).unwrap();
+    assert!(sif.contains(&format!(r"A:\{name}")), "winnt.sif runs it");
+    let script = String::from_utf8(bytes.clone()).unwrap();
+    assert!(!script.replace("\r\n", "").contains('\n'), "CRLF only");
+    assert!(script.contains(
+        r"for %%d in (D E F G H I J K L M N O P Q R S T U V W X Y Z) do if exist %%d:\CYGVM.TAG (call %%d:\cygvm\firstlogon.cmd %%d: cygvm-0123456789abcdef & goto :eof)"
+    ));
+    assert!(script.contains(r">C:\cygvm\status.txt echo failed: find-cygwin-iso"));
+    assert!(script.trim_end().ends_with("shutdown.exe -s -t 0"));
+    // autounattend.xml needs no companion.
+    let c = config("11", "uefi", "");
+    assert!(
+        answer_file(&ctx(&c, PASSWORD))
+            .unwrap()
+            .companions
+            .is_empty()
+    );
 }
 
 #[test]

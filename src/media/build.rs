@@ -235,7 +235,9 @@ pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
     // The answer file holds the admin password (encoded, not encrypted).
     write_atomic(&stage.join(answer.name), &answer.bytes, 0o600)
         .with_context(|| format!("cannot write {}", answer.name))?;
-    floppy::write_floppy(&[(answer.name, &answer.bytes)], &stage.join(FLOPPY_NAME))
+    let mut on_floppy: Vec<(&str, &[u8])> = vec![(answer.name, &answer.bytes)];
+    on_floppy.extend(answer.companions.iter().map(|(n, b)| (*n, b.as_slice())));
+    floppy::write_floppy(&on_floppy, &stage.join(FLOPPY_NAME))
         .context("cannot write the floppy image")?;
     set_private(&stage.join(FLOPPY_NAME))?;
 

@@ -51,6 +51,9 @@ pub struct AnswerFile {
     /// `autounattend.xml` or `winnt.sif`.
     pub name: &'static str,
     pub bytes: Vec<u8>,
+    /// Files that go next to it on the floppy (XP/2003: the first-logon
+    /// script), as (name, content).
+    pub companions: Vec<(&'static str, Vec<u8>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,14 +110,19 @@ pub const SEARCHED_DRIVES: [char; 23] = [
 /// Picks the answer file format for the configured Windows version.
 pub fn answer_file(ctx: &MediaContext) -> Result<AnswerFile, AnswerFileError> {
     if ctx.config.guest.version.uses_winnt_sif() {
+        use crate::media::winnt_sif::{
+            FIRSTLOGON_SCRIPT_NAME, WINNT_SIF_NAME, firstlogon_script, winnt_sif,
+        };
         Ok(AnswerFile {
-            name: crate::media::winnt_sif::WINNT_SIF_NAME,
-            bytes: crate::media::winnt_sif::winnt_sif(ctx)?.into_bytes(),
+            name: WINNT_SIF_NAME,
+            bytes: winnt_sif(ctx)?.into_bytes(),
+            companions: vec![(FIRSTLOGON_SCRIPT_NAME, firstlogon_script(ctx).into_bytes())],
         })
     } else {
         Ok(AnswerFile {
             name: AUTOUNATTEND_NAME,
             bytes: autounattend_xml(ctx)?.into_bytes(),
+            companions: Vec::new(),
         })
     }
 }
