@@ -3,6 +3,8 @@
 //! install status and log locations. Every orchestration phase is the same
 //! code for both.
 
+pub mod devices;
+
 use std::net::Ipv4Addr;
 
 use crate::config::{Config, GuestOsKind};
