@@ -8,7 +8,8 @@ use cygvm::config::{Config, Firmware, WindowsVersion};
 use cygvm::media::bootstrap::bootstrap_files;
 use cygvm::media::password::{PasswordSetting, decode};
 use cygvm::media::unattend::{
-    AnswerFileError, MediaContext, answer_file, autounattend_xml, installer_name,
+    AnswerFileError, ImageSelector, MediaContext, SelectedImage, answer_file, autounattend_xml,
+    image_selector, installer_name, setup_flags,
 };
 use cygvm::media::winnt_sif::winnt_sif;
 use quick_xml::Reader;
@@ -32,6 +33,7 @@ fn ctx<'a>(config: &'a Config, password: &'a str) -> MediaContext<'a> {
         client_public_key: CLIENT_KEY,
         marker_name: "CYGVM.TAG",
         media_id: "cygvm-0123456789abcdef",
+        image: None,
     }
 }
 
@@ -206,6 +208,11 @@ fn golden_answer_files() {
             }
         );
         check_golden(name, &text);
+        for (companion, bytes) in &file.companions {
+            let stem = name.rsplit_once('.').unwrap().0;
+            let golden = format!("{stem}-{}", companion.to_ascii_lowercase());
+            check_golden(&golden, &String::from_utf8(bytes.clone()).unwrap());
+        }
     }
 }
 
@@ -280,9 +287,11 @@ fn root_passes_and_component_attributes() {
                 );
             }
         }
+        // Windows 11 adds Microsoft-Windows-Deployment in specialize.
         assert_eq!(
-            components, 5,
-            "{version}: WinPE international + setup, shell, international + shell"
+            components,
+            if version == "11" { 6 } else { 5 },
+            "{version}: WinPE international + setup, shell (+ deployment), international + shell"
         );
     }
 }
@@ -392,32 +401,161 @@ fn edition_by_index_or_default_name() {
     );
 }
 
+fn key_in(root: &Node) -> Option<String> {
+    let user_data = root
+        .pass("windowsPE")
+        .component("Microsoft-Windows-Setup")
+        .kid("UserData");
+    assert_eq!(user_data.text_at("AcceptEula"), "true");
+    user_data
+        .has("ProductKey")
+        .then(|| user_data.text_at("ProductKey/Key").to_string())
+}
+
+fn xml_for_image(version: &str, image: SelectedImage) -> Result<String, AnswerFileError> {
+    let c = config(version, "uefi", "");
+    let mut cx = ctx(&c, PASSWORD);
+    cx.image = Some(image);
+    autounattend_xml(&cx)
+}
+
+fn image(name: &str, edition_id: &str) -> SelectedImage {
+    SelectedImage {
+        index: 2,
+        name: name.into(),
+        edition_id: Some(edition_id.into()),
+        installation_type: None,
+    }
+}
+
 #[test]
-fn product_key_only_when_configured() {
-    let setup = |root: &Node| -> bool {
-        root.pass("windowsPE")
-            .component("Microsoft-Windows-Setup")
-            .kid("UserData")
-            .has("ProductKey")
-    };
+fn docs_name_the_default_edition_of_every_version() {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md"))
+            .unwrap();
+    assert!(!docs.contains("index 1 is used"), "the default is a name");
+    for v in WindowsVersion::ALL {
+        if v.uses_winnt_sif() {
+            continue;
+        }
+        let c = config(v.config_name(), "uefi", "");
+        let ImageSelector::Name(name) = image_selector(&c) else {
+            panic!("{v}: the default edition is a name");
+        };
+        let row = format!("| `\"{}\"` | `\"{name}\"` |", v.config_name());
+        assert!(docs.contains(&row), "docs/config.md lacks {row}");
+    }
+}
+
+#[test]
+fn product_key_configured_or_microsofts_generic_key() {
+    // A configured key wins.
     let with = xml_for(
         "10",
         "uefi",
         "product_key = \"vk7jg-nphtm-c97jm-9mpgt-3v66t\"",
     );
-    assert!(setup(&with));
     assert_eq!(
-        with.pass("windowsPE")
-            .component("Microsoft-Windows-Setup")
-            .text_at("UserData/ProductKey/Key"),
-        "VK7JG-NPHTM-C97JM-9MPGT-3V66T"
+        key_in(&with).as_deref(),
+        Some("VK7JG-NPHTM-C97JM-9MPGT-3V66T")
     );
-    assert!(!setup(&xml_for("server2022", "uefi", "")));
-    let user_data = with
-        .pass("windowsPE")
-        .component("Microsoft-Windows-Setup")
-        .kid("UserData");
-    assert_eq!(user_data.text_at("AcceptEula"), "true");
+    // The default edition of 10 and 11 (Pro) gets the generic Pro key,
+    // so Setup does not stop at the product-key page.
+    const PRO: &str = "W269N-WFGWX-YVC9B-4J6C9-T83GX";
+    assert_eq!(key_in(&xml_for("11", "uefi", "")).as_deref(), Some(PRO));
+    assert_eq!(key_in(&xml_for("10", "bios", "")).as_deref(), Some(PRO));
+    assert_eq!(
+        key_in(&xml_for(
+            "11",
+            "uefi",
+            "edition = \"Windows 11 Enterprise N\""
+        ))
+        .as_deref(),
+        Some("DPH2V-TTNVB-4X9Q3-TJR4H-KHJW4")
+    );
+    // By index and without the ISO's metadata the edition is unknown.
+    assert_eq!(key_in(&xml_for("11", "uefi", "index = 6")), None);
+    // Evaluation server ISOs, and names that cannot tell them apart: none.
+    assert_eq!(key_in(&xml_for("server2022", "uefi", "")), None);
+    // 7 and 8.1 retail media refuse volume keys.
+    assert_eq!(key_in(&xml_for("7", "bios", "")), None);
+    assert_eq!(key_in(&xml_for("8.1", "uefi", "")), None);
+
+    // The image read from the ISO decides when it is known.
+    let eval = xml_for_image(
+        "server2022",
+        image("Windows Server 2022 SERVERSTANDARD", "ServerStandardEval"),
+    )
+    .unwrap();
+    assert_eq!(key_in(&parse(&eval)), None);
+    let volume = xml_for_image(
+        "server2022",
+        image("Windows Server 2022 SERVERSTANDARD", "ServerStandard"),
+    )
+    .unwrap();
+    assert_eq!(
+        key_in(&parse(&volume)).as_deref(),
+        Some("VDYBN-27WPP-V4HQT-9VMD4-VMK7H")
+    );
+    let enterprise_eval = xml_for_image(
+        "11",
+        image("Windows 11 Enterprise Evaluation", "EnterpriseEval"),
+    )
+    .unwrap();
+    assert_eq!(key_in(&parse(&enterprise_eval)), None);
+    let education = xml_for_image("11", image("Windows 11 Education", "Education")).unwrap();
+    assert_eq!(
+        key_in(&parse(&education)).as_deref(),
+        Some("NW6C2-QMPVW-D7KKK-3GKT6-VCFB2")
+    );
+}
+
+#[test]
+fn an_edition_without_a_generic_key_asks_for_product_key() {
+    let c = config("11", "uefi", "edition = \"Windows 11 Home\"");
+    let e = autounattend_xml(&ctx(&c, PASSWORD)).unwrap_err();
+    assert!(matches!(e, AnswerFileError::NoGenericKey { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("guest.product_key"), "{text}");
+    assert!(text.contains("\"Windows 11 Home\""), "{text}");
+    let e = xml_for_image("10", image("Windows 10 Home", "Core")).unwrap_err();
+    assert!(e.to_string().contains("Windows 10 Home"), "{e}");
+    // With a configured key any edition installs.
+    let c = config(
+        "11",
+        "uefi",
+        "edition = \"Windows 11 Home\"\nproduct_key = \"AAAAA-BBBBB-CCCCC-DDDDD-EEEEE\"",
+    );
+    assert!(autounattend_xml(&ctx(&c, PASSWORD)).is_ok());
+}
+
+#[test]
+fn windows_11_oobe_needs_no_network() {
+    for (version, firmware) in ALL_XML {
+        let root = xml_for(version, firmware, "");
+        let specialize = root.pass("specialize");
+        let deployment = specialize
+            .kids("component")
+            .find(|c| c.attr("name") == Some("Microsoft-Windows-Deployment"));
+        if version == "11" {
+            let deployment = deployment.expect("Microsoft-Windows-Deployment in specialize");
+            let command = deployment.at("RunSynchronous/RunSynchronousCommand");
+            assert_eq!(command.text_at("Order"), "1");
+            assert_eq!(
+                command.text_at("Path"),
+                r"reg.exe add HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\OOBE /v BypassNRO /t REG_DWORD /d 1 /f"
+            );
+            let oobe = root
+                .pass("oobeSystem")
+                .component("Microsoft-Windows-Shell-Setup")
+                .kid("OOBE");
+            for hide in ["HideOnlineAccountScreens", "HideWirelessSetupInOOBE"] {
+                assert_eq!(oobe.text_at(hide), "true", "{hide}");
+            }
+        } else {
+            assert!(deployment.is_none(), "{version}");
+        }
+    }
 }
 
 #[test]
@@ -674,11 +812,42 @@ fn winnt_sif_sections_and_values() {
         !run.contains('%'),
         "no string-key syntax in winnt.sif: {run}"
     );
-    assert!(
-        run.contains(r"if exist E:\CYGVM.TAG (E:\cygvm\firstlogon.cmd E: cygvm-0123456789abcdef)")
-    );
-    assert!(run.len() < 4000, "fits an INF line");
+    assert_eq!(run, r#""cmd.exe /d /c A:\CYGVM.CMD""#);
+    for (_, value) in &s.iter().find(|(name, _)| name == "GuiRunOnce").unwrap().1 {
+        assert!(value.len() < 128, "short [GuiRunOnce] line: {value}");
+    }
     assert!(sif_value(&s, "GuiRunOnce", "Command0").contains("net user cygvm"));
+}
+
+#[test]
+fn xp_first_logon_script_sits_on_the_floppy() {
+    let c = config(
+        "2003",
+        "bios",
+        "product_key = \"AAAAA-BBBBB-CCCCC-DDDDD-EEEEE\"",
+    );
+    let answer = answer_file(&ctx(&c, PASSWORD)).unwrap();
+    assert_eq!(answer.name, "winnt.sif");
+    assert_eq!(answer.companions.len(), 1);
+    let (name, bytes) = &answer.companions[0];
+    assert_eq!(*name, "CYGVM.CMD", "8.3 name, root of the floppy");
+    let sif = String::from_utf8(answer.bytes.clone()).unwrap();
+    assert!(sif.contains(&format!(r"A:\{name}")), "winnt.sif runs it");
+    let script = String::from_utf8(bytes.clone()).unwrap();
+    assert!(!script.replace("\r\n", "").contains('\n'), "CRLF only");
+    assert!(script.contains(
+        r"for %%d in (D E F G H I J K L M N O P Q R S T U V W X Y Z) do if exist %%d:\CYGVM.TAG (call %%d:\cygvm\firstlogon.cmd %%d: cygvm-0123456789abcdef & goto :eof)"
+    ));
+    assert!(script.contains(r">C:\cygvm\status.txt echo failed: find-cygwin-iso"));
+    assert!(script.trim_end().ends_with("shutdown.exe -s -t 0"));
+    // autounattend.xml needs no companion.
+    let c = config("11", "uefi", "");
+    assert!(
+        answer_file(&ctx(&c, PASSWORD))
+            .unwrap()
+            .companions
+            .is_empty()
+    );
 }
 
 #[test]
@@ -773,8 +942,9 @@ fn bootstrap_files_carry_the_config() {
     let firstlogon = get("cygvm/firstlogon.cmd");
     assert!(!firstlogon.replace("\r\n", "").contains('\n'), "CRLF only");
     assert!(firstlogon.contains(
-        "-q -L -l \"%ISO%\\mirror\" -R \"%CYGVM_ROOT%\" -P %CYGVM_PACKAGES% -n -N -d -X"
+        "\r\nstart \"\" /wait \"%ISO%\\%CYGVM_INSTALLER%\" %CYGVM_SETUP_FLAGS% -l \"%ISO%\\mirror\" -R \"%CYGVM_ROOT%\" -P %CYGVM_PACKAGES%\r\n"
     ));
+    assert!(firstlogon.contains(">\"%STATE%\\setup-flags.txt\" echo %CYGVM_SETUP_FLAGS%\r\n"));
     assert!(
         firstlogon.contains("\"%RC%\"==\"118\""),
         "reboot-pending is success"
@@ -807,9 +977,114 @@ fn bootstrap_files_carry_the_config() {
     assert!(script.starts_with("#!/bin/bash\n") && !script.contains('\r'));
     assert!(script.contains("set -eu"));
     assert!(script.contains("ssh-host-config --yes"));
-    assert!(script.contains("cygrunsrv -S sshd"));
+    assert!(script.contains("cygrunsrv -S \"$service\""));
+    assert!(
+        !script.contains("cygrunsrv -S sshd"),
+        "the name is looked up"
+    );
     assert!(script.contains("remoteip=\"$CYGVM_NETWORK/$CYGVM_PREFIX\""));
     assert!(!script.contains("advfirewall set"), "the firewall stays on");
+}
+
+/// Runs bootstrap.sh's `sshd_service` function with a stand-in `cygrunsrv`
+/// that lists `listed` (one name per line, CRLF as Cygwin programs may
+/// write) and, like the real one, answers `-Q` for every existing service,
+/// cygrunsrv's or not.
+fn sshd_service_with(listed: &[&str], existing: &[&str]) -> (bool, String) {
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("unattend/bootstrap.sh"),
+    )
+    .unwrap();
+    let start = script
+        .find("sshd_service() {")
+        .expect("sshd_service in bootstrap.sh");
+    let end = start + script[start..].find("\n}\n").unwrap() + 3;
+    let function = &script[start..end];
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("cygrunsrv");
+    let mut body = String::from("#!/bin/bash\ncase \"$1\" in\n-L)\n");
+    for name in listed {
+        body.push_str(&format!("  printf '%s\\r\\n' {name}\n"));
+    }
+    body.push_str("  ;;\n-Q)\n  case \"$2\" in\n");
+    for name in existing {
+        body.push_str(&format!(
+            "  {name}) echo 'Service : {name}'; echo 'Current State : Running' ;;\n"
+        ));
+    }
+    body.push_str("  *) echo \"cygrunsrv: Error querying service: OpenService: Win32 error 1060:\" >&2; exit 1 ;;\n  esac ;;\n*) exit 1 ;;\nesac\n");
+    std::fs::write(&stub, body).unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -eu\nsay() {{ echo \"$*\"; }}\n{function}\nsshd_service"
+        ))
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn bootstrap_starts_the_service_ssh_host_config_made() {
+    // OpenSSH 8.0 and later: cygsshd.
+    assert_eq!(
+        sshd_service_with(&["cron", "cygsshd"], &["cron", "cygsshd"]),
+        (true, "cygsshd".to_string())
+    );
+    // Older OpenSSH (the XP/2003 era): sshd.
+    assert_eq!(
+        sshd_service_with(&["sshd"], &["sshd"]),
+        (true, "sshd".to_string())
+    );
+    // Server 2025 with Microsoft's sshd and Cygwin's cygsshd: Cygwin's.
+    assert_eq!(
+        sshd_service_with(&["cygsshd"], &["sshd", "cygsshd"]),
+        (true, "cygsshd".to_string())
+    );
+    // Only Microsoft's sshd exists: not ours, so the step fails.
+    let (ok, out) = sshd_service_with(&[], &["sshd"]);
+    assert!(!ok, "{out}");
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn setup_flags_allow_unsupported_windows_only_where_needed() {
+    for v in WindowsVersion::ALL {
+        let extra = if v.uses_winnt_sif() {
+            "product_key = \"AAAAA-BBBBB-CCCCC-DDDDD-EEEEE\""
+        } else {
+            ""
+        };
+        let firmware = if v.uses_winnt_sif() { "bios" } else { "uefi" };
+        let c = config(v.config_name(), firmware, extra);
+        let files = bootstrap_files(&ctx(&c, PASSWORD));
+        let cmd = String::from_utf8(files[1].1.clone()).unwrap();
+        let line = cmd
+            .lines()
+            .find(|l| l.starts_with("set \"CYGVM_SETUP_FLAGS="))
+            .unwrap_or_else(|| panic!("{v}: no CYGVM_SETUP_FLAGS in {cmd}"));
+        let want = match v {
+            WindowsVersion::Xp | WindowsVersion::Server2003 | WindowsVersion::Win7 => {
+                "set \"CYGVM_SETUP_FLAGS=-q -L -n -N -d -X --allow-unsupported-windows\"\r"
+            }
+            _ => "set \"CYGVM_SETUP_FLAGS=-q -L -n -N -d -X\"\r",
+        };
+        assert_eq!(format!("{line}\r"), want, "{v}");
+        assert_eq!(
+            setup_flags(v),
+            want["set \"CYGVM_SETUP_FLAGS=".len()..want.len() - 2].to_string()
+        );
+    }
 }
 
 #[test]

@@ -25,6 +25,23 @@ on_exit() {
 trap on_exit EXIT
 say() { echo "[$(date '+%F %T')] $*"; }
 
+# The name ssh-host-config gave Cygwin's sshd service: `cygsshd` since
+# OpenSSH 8.0, `sshd` before. `cygrunsrv -L` lists only services that run
+# cygrunsrv itself, so Microsoft's own `sshd` (Server 2025) never matches,
+# while `cygrunsrv -Q sshd` would find it too.
+sshd_service() {
+    local installed name
+    installed=$(cygrunsrv -L | tr -d '\r')
+    for name in cygsshd sshd; do
+        if printf '%s\n' "$installed" | grep -qx "$name"; then
+            echo "$name"
+            return 0
+        fi
+    done
+    say "no Cygwin sshd service after ssh-host-config; cygrunsrv -L lists:" $installed >&2
+    return 1
+}
+
 step=read-config
 # CYGVM_USER, CYGVM_ADDRESS, CYGVM_NETMASK, CYGVM_NETWORK, CYGVM_PREFIX,
 # CYGVM_DHCP (yes/no), CYGVM_LEGACY (yes on XP/2003).
@@ -69,12 +86,14 @@ shipped=$(cut -d' ' -f1-2 /etc/ssh_host_ed25519_key.pub)
 [ "$derived" = "$shipped" ] || { say "host key and .pub do not match"; exit 1; }
 
 step=sshd-start
-cygrunsrv -S sshd
+service=$(sshd_service)
+say "starting the $service service"
+cygrunsrv -S "$service"
 for _ in $(seq 30); do
-    cygrunsrv -Q sshd | grep -q 'Running' && break
+    cygrunsrv -Q "$service" | grep -q 'Running' && break
     sleep 1
 done
-cygrunsrv -Q sshd | grep -q 'Running'
+cygrunsrv -Q "$service" | grep -q 'Running'
 
 step=firewall
 # Port 22 from the private network only; the firewall stays on.

@@ -18,8 +18,8 @@ if not exist "%STATE%\" mkdir "%STATE%"
 set "STEP=read-config"
 if "%ISO%"=="" goto fail
 if not exist "%ISO%\cygvm\config.cmd" goto fail
-rem Sets CYGVM_MARKER, CYGVM_INSTALLER, CYGVM_ROOT, CYGVM_PACKAGES and
-rem CYGVM_SHUTDOWN for this image.
+rem Sets CYGVM_MARKER, CYGVM_INSTALLER, CYGVM_SETUP_FLAGS, CYGVM_ROOT,
+rem CYGVM_PACKAGES and CYGVM_SHUTDOWN for this image.
 call "%ISO%\cygvm\config.cmd"
 
 set "STEP=check-media-id"
@@ -29,12 +29,11 @@ if errorlevel 1 goto fail
 
 :setup
 set "STEP=cygwin-setup"
-rem -q quiet, -L install from the local directory -l, -R root, -P packages,
-rem -n -N -d no shortcuts, start menu or desktop icons. -X: the mirror's
-rem setup.ini was checked on the host and is rewritten there, so a .sig next
-rem to it would not match.
->>"%LOG%" echo [%DATE% %TIME%] %CYGVM_INSTALLER% -q -L -l %ISO%\mirror -R %CYGVM_ROOT% -P %CYGVM_PACKAGES% -n -N -d -X
-start "" /wait "%ISO%\%CYGVM_INSTALLER%" -q -L -l "%ISO%\mirror" -R "%CYGVM_ROOT%" -P %CYGVM_PACKAGES% -n -N -d -X
+rem CYGVM_SETUP_FLAGS (from config.cmd) are the flags for this Windows
+rem version; the refresh reads them back from setup-flags.txt.
+>"%STATE%\setup-flags.txt" echo %CYGVM_SETUP_FLAGS%
+>>"%LOG%" echo [%DATE% %TIME%] %CYGVM_INSTALLER% %CYGVM_SETUP_FLAGS% -l %ISO%\mirror -R %CYGVM_ROOT% -P %CYGVM_PACKAGES%
+start "" /wait "%ISO%\%CYGVM_INSTALLER%" %CYGVM_SETUP_FLAGS% -l "%ISO%\mirror" -R "%CYGVM_ROOT%" -P %CYGVM_PACKAGES%
 set "RC=%ERRORLEVEL%"
 >>"%LOG%" echo [%DATE% %TIME%] %CYGVM_INSTALLER% exited with %RC%
 rem 118 is setup's IDS_REBOOT_REQUIRED: installed, in-use files are

@@ -3,12 +3,12 @@
 //! install status and log locations. Every orchestration phase is the same
 //! code for both.
 
+pub mod devices;
 pub mod installer_iso;
 
 use std::net::Ipv4Addr;
 
 use crate::config::{Config, GuestOsKind};
-use crate::vm::qemu::{DiskBus, Machine, NicModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestOs {
@@ -61,29 +61,6 @@ impl GuestOs {
         match self {
             GuestOs::Windows => "Windows",
             GuestOs::Standin => "linux-standin",
-        }
-    }
-
-    /// Windows gets devices it has drivers for out of the box; the stand-in
-    /// takes the faster virtio ones.
-    pub fn machine(self) -> Machine {
-        match self {
-            GuestOs::Windows => Machine::Q35,
-            GuestOs::Standin => Machine::Pc,
-        }
-    }
-
-    pub fn nic_model(self) -> NicModel {
-        match self {
-            GuestOs::Windows => NicModel::E1000,
-            GuestOs::Standin => NicModel::VirtioNet,
-        }
-    }
-
-    pub fn disk_bus(self) -> DiskBus {
-        match self {
-            GuestOs::Windows => DiskBus::Ide,
-            GuestOs::Standin => DiskBus::VirtioBlk,
         }
     }
 
@@ -147,15 +124,23 @@ impl GuestOs {
     /// puts at /inputs/mirror (with the installer beside it). The
     /// stand-in, which has no Cygwin, records the mirror's index instead, so
     /// a refresh is seen in the guest the same way.
+    ///
+    /// On Windows setup runs with the flags the install ran it with for
+    /// this Windows version (`media::unattend::setup_flags`), which
+    /// firstlogon.cmd recorded in the guest, plus `-g` (upgrade). Images
+    /// made before that record existed ran the flags of current Windows.
     pub fn update_command(self, installer: &str, root: &str, packages: &[String]) -> String {
         match self {
             GuestOs::Windows => format!(
                 "exec bash -l -c {}",
                 quote(&format!(
-                    "cd /inputs && ./{} -q -g -L -l \"$(cygpath -w /inputs/mirror)\" -R {} -P {} -n -N -d -X",
+                    "if [ -s {record} ]; then flags=$(tr -d '\\r' < {record}); else flags={default}; fi; \
+                     cd /inputs && ./{} $flags -g -l \"$(cygpath -w /inputs/mirror)\" -R {} -P {}",
                     quote(installer),
                     quote(root),
-                    quote(&packages.join(","))
+                    quote(&packages.join(",")),
+                    record = crate::media::unattend::SETUP_FLAGS_RECORD,
+                    default = quote(crate::media::unattend::SETUP_FLAGS),
                 ))
             ),
             GuestOs::Standin => {
@@ -175,7 +160,8 @@ impl GuestOs {
     pub fn reboot(self) -> String {
         match self {
             GuestOs::Standin => "sync; (sleep 1; reboot -f) >/dev/null 2>&1 &".into(),
-            GuestOs::Windows => "shutdown /r /t 2 /f".into(),
+            // System32's shutdown.exe by path, for the reason poweroff gives.
+            GuestOs::Windows => r#""$(cygpath -S)/shutdown.exe" /r /t 2 /f"#.into(),
         }
     }
 
@@ -320,6 +306,84 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success());
+    }
+
+    #[test]
+    fn the_windows_reboot_is_the_system32_shutdown() {
+        // Cygwin's /usr/bin/shutdown would take `/r` for a time and fail.
+        let cmd = GuestOs::Windows.reboot();
+        assert_eq!(cmd, r#""$(cygpath -S)/shutdown.exe" /r /t 2 /f"#);
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &cmd])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+
+    /// Runs the Windows update command with stand-ins for setup and
+    /// cygpath, the inputs share and the flags record in a temp directory;
+    /// returns the arguments setup got.
+    fn update_argv(record: Option<&str>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = dir.path().join("inputs");
+        std::fs::create_dir_all(&inputs).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = |path: &std::path::Path, text: &str| {
+            std::fs::write(path, text).unwrap();
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        };
+        exe(
+            &inputs.join("setup-x86_64.exe"),
+            "#!/bin/sh\nprintf '%s\\n' \"$*\"\n",
+        );
+        exe(
+            &bin.join("cygpath"),
+            "#!/bin/sh\nprintf '%s\\n' 'E:\\mirror'\n",
+        );
+        let record_path = dir.path().join("setup-flags.txt");
+        if let Some(text) = record {
+            std::fs::write(&record_path, text).unwrap();
+        }
+        let cmd = GuestOs::Windows
+            .update_command(
+                "setup-x86_64.exe",
+                r"C:\cygwin64",
+                &["openssh".into(), "make".into()],
+            )
+            .replace("bash -l -c", "bash -c")
+            .replace(
+                crate::media::unattend::SETUP_FLAGS_RECORD,
+                record_path.to_str().unwrap(),
+            )
+            .replace("/inputs", inputs.to_str().unwrap());
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+        let out = std::process::Command::new("bash")
+            .args(["-c", &cmd])
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn the_windows_update_runs_setup_with_the_installs_flags() {
+        // firstlogon.cmd wrote the Windows 7 flags (cmd's CRLF included).
+        assert_eq!(
+            update_argv(Some("-q -L -n -N -d -X --allow-unsupported-windows\r\n")),
+            r"-q -L -n -N -d -X --allow-unsupported-windows -g -l E:\mirror -R C:\cygwin64 -P openssh,make"
+        );
+        // An image from before the record: the flags of current Windows.
+        assert_eq!(
+            update_argv(None),
+            r"-q -L -n -N -d -X -g -l E:\mirror -R C:\cygwin64 -P openssh,make"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `config.sh` next to them, from values checked before they are written.
 
 use crate::config::Config;
-use crate::media::unattend::{MediaContext, cygwin_root, installer_name};
+use crate::media::unattend::{MediaContext, cygwin_root, installer_name, setup_flags};
 
 const FIRSTLOGON_CMD: &str = include_str!("../../unattend/firstlogon.cmd");
 const BOOTSTRAP_SH: &str = include_str!("../../unattend/bootstrap.sh");
@@ -44,11 +44,13 @@ pub fn config_cmd(ctx: &MediaContext) -> String {
         "@rem Written by cygvm for this image; read by firstlogon.cmd.\n\
          set \"CYGVM_MARKER={marker}\"\n\
          set \"CYGVM_INSTALLER={installer}\"\n\
+         set \"CYGVM_SETUP_FLAGS={flags}\"\n\
          set \"CYGVM_ROOT={root}\"\n\
          set \"CYGVM_PACKAGES={packages}\"\n\
          set \"CYGVM_SHUTDOWN={shutdown}\"\n",
         marker = ctx.marker_name,
         installer = installer_name(c.guest.version),
+        flags = setup_flags(c.guest.version),
         root = cygwin_root(c),
         packages = packages.join(","),
     )

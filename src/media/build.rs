@@ -229,12 +229,15 @@ pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
         client_public_key: &secrets.client_public_key(),
         marker_name: MARKER_NAME,
         media_id: &media_id,
+        image: None,
     };
     let answer = unattend::answer_file(&ctx).context("cannot write the answer file")?;
     // The answer file holds the admin password (encoded, not encrypted).
     write_atomic(&stage.join(answer.name), &answer.bytes, 0o600)
         .with_context(|| format!("cannot write {}", answer.name))?;
-    floppy::write_floppy(&[(answer.name, &answer.bytes)], &stage.join(FLOPPY_NAME))
+    let mut on_floppy: Vec<(&str, &[u8])> = vec![(answer.name, &answer.bytes)];
+    on_floppy.extend(answer.companions.iter().map(|(n, b)| (*n, b.as_slice())));
+    floppy::write_floppy(&on_floppy, &stage.join(FLOPPY_NAME))
         .context("cannot write the floppy image")?;
     set_private(&stage.join(FLOPPY_NAME))?;
 

@@ -5,6 +5,7 @@ pub mod build;
 pub mod floppy;
 pub mod iso;
 pub mod password;
+pub mod product_key;
 pub mod unattend;
 pub mod wim;
 pub mod windows_iso;

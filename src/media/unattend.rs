@@ -13,6 +13,7 @@ use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 
 use crate::config::{Config, Firmware, WindowsVersion};
 use crate::media::password::{self, PasswordSetting};
+use crate::media::product_key::{Edition, GenericKey, generic_key};
 
 /// Everything an answer file and the bootstrap files are made from.
 pub struct MediaContext<'a> {
@@ -25,6 +26,23 @@ pub struct MediaContext<'a> {
     pub marker_name: &'a str,
     /// Content of the marker file, so the guest knows it found our ISO.
     pub media_id: &'a str,
+    /// The install.wim image Setup will install, from the ISO's metadata,
+    /// when it has been read; it decides the generic product key.
+    pub image: Option<SelectedImage>,
+}
+
+/// An image of the ISO's install.wim (or install.esd), as its XML metadata
+/// describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedImage {
+    /// `IMAGE/@INDEX`, 1-based.
+    pub index: u32,
+    /// `IMAGE/NAME`, e.g. `Windows 11 Pro`.
+    pub name: String,
+    /// `IMAGE/WINDOWS/EDITIONID`, e.g. `Professional`, `ServerStandardEval`.
+    pub edition_id: Option<String>,
+    /// `IMAGE/WINDOWS/INSTALLATIONTYPE`: `Client`, `Server`, `Server Core`.
+    pub installation_type: Option<String>,
 }
 
 /// An answer file ready for the floppy.
@@ -33,6 +51,9 @@ pub struct AnswerFile {
     /// `autounattend.xml` or `winnt.sif`.
     pub name: &'static str,
     pub bytes: Vec<u8>,
+    /// Files that go next to it on the floppy (XP/2003: the first-logon
+    /// script), as (name, content).
+    pub companions: Vec<(&'static str, Vec<u8>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +70,13 @@ pub enum AnswerFileError {
         "key `guest.product_key`: Windows {version} cannot install without a product key; set product_key = \"XXXXX-XXXXX-XXXXX-XXXXX-XXXXX\" from your licence"
     )]
     ProductKeyRequired { version: WindowsVersion },
+    #[error(
+        "key `guest.product_key`: Windows {version} Setup stops at its product-key page without a key, and Microsoft publishes no generic key for the edition {edition:?}; set product_key = \"XXXXX-XXXXX-XXXXX-XXXXX-XXXXX\" from your licence, or choose an edition with a generic key (Pro, Education, Enterprise and their N editions)"
+    )]
+    NoGenericKey {
+        version: WindowsVersion,
+        edition: String,
+    },
     #[error(
         "key `guest.timezone`: winnt.sif (Windows {version}) needs a numeric time zone and cygvm knows none for {zone:?}; use one of: {known}"
     )]
@@ -82,14 +110,19 @@ pub const SEARCHED_DRIVES: [char; 23] = [
 /// Picks the answer file format for the configured Windows version.
 pub fn answer_file(ctx: &MediaContext) -> Result<AnswerFile, AnswerFileError> {
     if ctx.config.guest.version.uses_winnt_sif() {
+        use crate::media::winnt_sif::{
+            FIRSTLOGON_SCRIPT_NAME, WINNT_SIF_NAME, firstlogon_script, winnt_sif,
+        };
         Ok(AnswerFile {
-            name: crate::media::winnt_sif::WINNT_SIF_NAME,
-            bytes: crate::media::winnt_sif::winnt_sif(ctx)?.into_bytes(),
+            name: WINNT_SIF_NAME,
+            bytes: winnt_sif(ctx)?.into_bytes(),
+            companions: vec![(FIRSTLOGON_SCRIPT_NAME, firstlogon_script(ctx).into_bytes())],
         })
     } else {
         Ok(AnswerFile {
             name: AUTOUNATTEND_NAME,
             bytes: autounattend_xml(ctx)?.into_bytes(),
+            companions: Vec::new(),
         })
     }
 }
@@ -102,6 +135,34 @@ pub fn installer_name(version: WindowsVersion) -> &'static str {
         "setup-x86_64.exe"
     }
 }
+
+/// Cygwin setup's flags for this Windows, for the install (firstlogon.cmd
+/// through config.cmd) and the refresh alike; the per-run `-l`, `-R` and
+/// `-P` come after them. `-q` quiet, `-L` install from the local directory,
+/// `-n -N -d` no shortcuts, start menu or desktop icons, `-X` no signature
+/// check (the mirror's setup.ini is checked and rewritten on the host, so a
+/// .sig next to it would not match).
+///
+/// Setup refuses Windows older than the Cygwin release it installs
+/// supports unless given `--allow-unsupported-windows` (added in setup
+/// 2.878): XP and 2003 (NT 5.x, refused since that release) and Windows 7
+/// (NT 6.1; current Cygwin needs 8.1 / Server 2012 R2). Cygwin's install
+/// page gives the flag for exactly these, with a Time Machine mirror of
+/// their era.
+pub fn setup_flags(version: WindowsVersion) -> &'static str {
+    if version.runs_current_cygwin() {
+        SETUP_FLAGS
+    } else {
+        "-q -L -n -N -d -X --allow-unsupported-windows"
+    }
+}
+
+/// [`setup_flags`] on every Windows current Cygwin supports.
+pub const SETUP_FLAGS: &str = "-q -L -n -N -d -X";
+
+/// Where firstlogon.cmd records the flags it ran setup with, so a refresh
+/// runs setup the same way (Cygwin's path of `C:\cygvm\setup-flags.txt`).
+pub const SETUP_FLAGS_RECORD: &str = "/cygdrive/c/cygvm/setup-flags.txt";
 
 /// The Cygwin root in the guest. The config's default `C:\cygwin64` becomes
 /// `C:\cygwin` for XP/2003, where Cygwin is 32-bit.
@@ -125,7 +186,9 @@ pub enum ImageSelector {
 
 /// The configured edition or index; otherwise a name per version: Pro for
 /// client releases, Standard with the Desktop Experience for servers. These
-/// are the names Microsoft's ISOs carry in install.wim.
+/// are the names Microsoft's ISOs carry in install.wim. A name, not index 1:
+/// index 1 is Home on the consumer ISOs of 10 and 11 (which has no generic
+/// key) and Server Core on the evaluation ISOs.
 pub fn image_selector(config: &Config) -> ImageSelector {
     let g = &config.guest;
     if let Some(name) = &g.edition {
@@ -148,6 +211,41 @@ pub fn image_selector(config: &Config) -> ImageSelector {
         WindowsVersion::Xp | WindowsVersion::Server2003 => return ImageSelector::Index(1),
     };
     ImageSelector::Name(name.to_string())
+}
+
+/// The product key for windowsPE's `UserData/ProductKey`: the configured
+/// one, else Microsoft's generic key for the edition (see
+/// `media::product_key`), else none. The edition is the ISO image's when
+/// known, else the configured or default `/IMAGE/NAME`.
+pub fn product_key(ctx: &MediaContext) -> Result<Option<String>, AnswerFileError> {
+    let g = &ctx.config.guest;
+    if let Some(key) = &g.product_key {
+        return Ok(Some(key.0.clone()));
+    }
+    let selector = image_selector(ctx.config);
+    let edition = match (&ctx.image, &selector) {
+        (Some(image), _) => Edition::of_image(image),
+        (None, ImageSelector::Name(name)) => Edition {
+            name: Some(name),
+            edition_id: None,
+        },
+        (None, ImageSelector::Index(_)) => Edition {
+            name: None,
+            edition_id: None,
+        },
+    };
+    match generic_key(g.version, edition) {
+        GenericKey::Key(key) => Ok(Some(key.to_string())),
+        GenericKey::NoneNeeded | GenericKey::Unknown => Ok(None),
+        GenericKey::Missing => Err(AnswerFileError::NoGenericKey {
+            version: g.version,
+            edition: edition
+                .name
+                .or(edition.edition_id)
+                .unwrap_or_default()
+                .to_string(),
+        }),
+    }
 }
 
 /// Checks the values that end up in cmd and shell command lines.
@@ -233,6 +331,7 @@ pub fn autounattend_xml(ctx: &MediaContext) -> Result<String, AnswerFileError> {
         });
     }
     check_context(ctx)?;
+    let key = product_key(ctx)?;
     let mut x = Xml::new();
     x.w.write_event(Event::Decl(BytesDecl::new("1.0", Some("utf-8"), None)))?;
     x.open(
@@ -246,7 +345,7 @@ pub fn autounattend_xml(ctx: &MediaContext) -> Result<String, AnswerFileError> {
             ("xmlns:xsi", "http://www.w3.org/2001/XMLSchema-instance"),
         ],
     )?;
-    windows_pe(&mut x, ctx)?;
+    windows_pe(&mut x, ctx, key.as_deref())?;
     specialize(&mut x, ctx)?;
     oobe_system(&mut x, ctx)?;
     x.close("unattend")?;
@@ -255,7 +354,7 @@ pub fn autounattend_xml(ctx: &MediaContext) -> Result<String, AnswerFileError> {
     Ok(text)
 }
 
-fn windows_pe(x: &mut Xml, ctx: &MediaContext) -> io::Result<()> {
+fn windows_pe(x: &mut Xml, ctx: &MediaContext, key: Option<&str>) -> io::Result<()> {
     let g = &ctx.config.guest;
     let locale = g.locale.0.as_str();
     x.open("settings", &[("pass", "windowsPE")])?;
@@ -299,9 +398,9 @@ fn windows_pe(x: &mut Xml, ctx: &MediaContext) -> io::Result<()> {
     x.leaf("AcceptEula", "true")?;
     x.leaf("FullName", ctx.config.guest.admin_user.0.as_str())?;
     x.leaf("Organization", "cygvm")?;
-    if let Some(key) = &g.product_key {
+    if let Some(key) = key {
         x.open("ProductKey", &[])?;
-        x.leaf("Key", &key.0)?;
+        x.leaf("Key", key)?;
         x.leaf("WillShowUI", "OnError")?;
         x.close("ProductKey")?;
     }
@@ -401,8 +500,26 @@ fn specialize(x: &mut Xml, ctx: &MediaContext) -> io::Result<()> {
     x.leaf("ComputerName", &g.computer_name.0)?;
     x.leaf("TimeZone", &g.timezone.0)?;
     x.close("component")?;
+    if g.version == WindowsVersion::Win11 {
+        // Windows 11's OOBE insists on a network ("Let's connect you to a
+        // network") unless BypassNRO is set before it starts; the guest's
+        // private switch has no internet. The value is what OOBE's own
+        // bypassnro.cmd sets; specialize runs before OOBE.
+        x.component("Microsoft-Windows-Deployment")?;
+        x.open("RunSynchronous", &[])?;
+        x.open("RunSynchronousCommand", &[("wcm:action", "add")])?;
+        x.leaf("Order", "1")?;
+        x.leaf("Path", BYPASS_NRO)?;
+        x.leaf("Description", "Windows 11 OOBE: no network needed")?;
+        x.close("RunSynchronousCommand")?;
+        x.close("RunSynchronous")?;
+        x.close("component")?;
+    }
     x.close("settings")
 }
+
+/// Lets Windows 11's OOBE finish without a network connection.
+pub const BYPASS_NRO: &str = r"reg.exe add HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\OOBE /v BypassNRO /t REG_DWORD /d 1 /f";
 
 fn oobe_system(x: &mut Xml, ctx: &MediaContext) -> io::Result<()> {
     let g = &ctx.config.guest;

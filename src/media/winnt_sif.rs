@@ -6,8 +6,6 @@
 //! file, so the first `[GuiRunOnce]` commands create `guest.admin_user` with
 //! the same password while the built-in Administrator is logged on.
 
-use std::fmt::Write as _;
-
 use crate::config::WindowsVersion;
 use crate::media::unattend::{
     AnswerFileError, GUEST_STATE_DIR, MediaContext, SEARCHED_DRIVES, check_context,
@@ -126,6 +124,8 @@ pub fn winnt_sif(ctx: &MediaContext) -> Result<String, AnswerFileError> {
     line("[Networking]");
     line("InstallDefaultComponents=Yes");
     line("");
+    // The first-logon search lives in a script on the floppy, next to this
+    // file, so the [GuiRunOnce] lines stay short (see FIRSTLOGON_SCRIPT_NAME).
     line("[GuiRunOnce]");
     // `echo Y|` answers net's question about passwords longer than 14
     // characters, which would otherwise wait for a keypress.
@@ -135,28 +135,47 @@ pub fn winnt_sif(ctx: &MediaContext) -> Result<String, AnswerFileError> {
     line(&format!(
         "Command1=\"cmd.exe /d /c net localgroup Administrators {user} /add\""
     ));
-    line(&format!("Command2=\"{}\"", legacy_marker_search(ctx)));
+    line(&format!(
+        "Command2=\"cmd.exe /d /c A:\\{FIRSTLOGON_SCRIPT_NAME}\""
+    ));
     Ok(s)
 }
 
-/// The first-logon search as a chain of `if exist … else` so that the
-/// command holds no `%`, which winnt.sif would take for a string key.
-pub fn legacy_marker_search(ctx: &MediaContext) -> String {
-    let mut cmd = String::from("cmd.exe /d /c ");
-    for d in SEARCHED_DRIVES {
-        let _ = write!(
-            cmd,
-            "if exist {d}:\\{marker} ({d}:\\cygvm\\firstlogon.cmd {d}: {id}) else ",
-            marker = ctx.marker_name,
-            id = ctx.media_id,
-        );
-    }
-    let _ = write!(
-        cmd,
-        "(mkdir {dir} & echo failed: find-cygwin-iso> {dir}\\status.txt & shutdown.exe -s -t 0)",
-        dir = GUEST_STATE_DIR
-    );
-    cmd
+/// The script on the floppy that XP/2003's last [GuiRunOnce] command runs.
+/// The search over 23 drive letters, inline, made a 1,934-character
+/// [GuiRunOnce] line; Microsoft's unattend.txt reference gives no length
+/// limit for those lines, and RunOnce values are run by Explorer, so the
+/// line is kept to a short call. An 8.3 name: FAT12 and XP's Setup need no
+/// long names for it.
+pub const FIRSTLOGON_SCRIPT_NAME: &str = "CYGVM.CMD";
+
+/// [`FIRSTLOGON_SCRIPT_NAME`]'s content (CRLF line ends): finds the drive
+/// holding the marker and runs `firstlogon.cmd` from it; with no such drive
+/// it records why and powers off, as the search of autounattend.xml does.
+pub fn firstlogon_script(ctx: &MediaContext) -> String {
+    let drives: Vec<String> = SEARCHED_DRIVES.iter().map(char::to_string).collect();
+    let mut s = String::new();
+    let mut line = |text: &str| {
+        s.push_str(text);
+        s.push_str("\r\n");
+    };
+    line("@echo off");
+    line("rem Written by cygvm: the first logon of XP/2003 (winnt.sif [GuiRunOnce]).");
+    line("rem Finds the Cygwin ISO by its marker, never by a fixed drive letter.");
+    line(&format!(
+        "for %%d in ({drives}) do if exist %%d:\\{marker} (call %%d:\\cygvm\\firstlogon.cmd %%d: {id} & goto :eof)",
+        drives = drives.join(" "),
+        marker = ctx.marker_name,
+        id = ctx.media_id,
+    ));
+    line(&format!(
+        "if not exist {GUEST_STATE_DIR}\\ mkdir {GUEST_STATE_DIR}"
+    ));
+    line(&format!(
+        ">{GUEST_STATE_DIR}\\status.txt echo failed: find-cygwin-iso"
+    ));
+    line("shutdown.exe -s -t 0");
+    s
 }
 
 /// The password goes into a quoted winnt.sif value and onto a `net user`

@@ -12,14 +12,14 @@ use crate::agent::protocol::AgentConfig;
 use crate::config::{Config, Firmware as ConfigFirmware};
 use crate::controller::{self, HostParts};
 use crate::fsutil::write_atomic;
-use crate::config::WindowsVersion;
 use crate::guest::GuestOs;
+use crate::guest::devices::{controller_cmdline_extra, device_set};
 use crate::secrets::ImageSecrets;
 use crate::vm::accel::{self, Accel};
 use crate::vm::host_tools::{self, HostProgram};
 use crate::vm::qemu::{
-    BootDevice, DirectBoot, Disk, DiskBus, DiskFormat, Firmware, Machine, Nic, NicModel,
-    OVMF_CODE_4M, SerialPort, Share, VmSpec,
+    BootDevice, DirectBoot, Disk, DiskFormat, Firmware, Nic, OVMF_CODE_4M, SerialPort, Share,
+    VmSpec,
 };
 use crate::vm::rundir::log_tail;
 use crate::vm::supervisor::{Supervisor, Vm};
@@ -220,16 +220,6 @@ pub enum GuestBoot {
     Disk,
 }
 
-/// The machine, disk bus and NIC a Windows version has drivers for out of
-/// the box; the linux-standin gets the same set for its `guest.version`.
-pub fn guest_devices(version: WindowsVersion) -> (Machine, DiskBus, NicModel) {
-    if version.uses_winnt_sif() {
-        (Machine::Pc, DiskBus::Ide, NicModel::E1000)
-    } else {
-        (Machine::Q35, DiskBus::Ide, NicModel::E1000)
-    }
-}
-
 /// The guest's QEMU spec. The device set depends only on the config and
 /// the boot mode, so a revive can rebuild it identically. Windows and the
 /// linux-standin get the same devices and boot the same way: through the
@@ -244,8 +234,15 @@ pub fn guest_spec(
     disk: &GuestDisk,
     boot: &GuestBoot,
 ) -> Result<VmSpec> {
-    let (machine, disk_bus, nic) = guest_devices(config.guest.version);
-    let mut spec = VmSpec::new("guest", machine, art.accel, &run_dir.join("guest.qmp"));
+    // The devices the configured Windows version has drivers for; the
+    // linux-standin gets the same ones.
+    let devices = device_set(config.guest.version);
+    let mut spec = VmSpec::new(
+        "guest",
+        devices.machine,
+        art.accel,
+        &run_dir.join("guest.qmp"),
+    );
     spec.memory_mib = config.guest.memory.mib();
     spec.cpus = config.guest.cpus.0;
     spec.serial_log = Some(run_dir.join("guest.serial.log"));
@@ -255,11 +252,11 @@ pub fn guest_spec(
     spec.disks.push(Disk {
         path: disk.disk.clone(),
         format: DiskFormat::Qcow2,
-        bus: disk_bus,
+        bus: devices.disk_bus,
         read_only: false,
     });
     spec.nics.push(Nic {
-        model: nic,
+        model: devices.nic,
         mac: GUEST_MAC.into(),
         switch: switch.to_path_buf(),
     });
@@ -312,9 +309,15 @@ fn controller_spec(
         kernel: art.kernel.clone(),
         initrd: Some(art.controller_initrd.clone()),
         append: format!(
-            "console=ttyS0 quiet cygvm.addr={}/{} cygvm.guest={} cygvm.user={}",
-            net.controller, net.guest.prefix, net.guest.addr, config.guest.admin_user.0
-        ),
+            "console=ttyS0 quiet cygvm.addr={}/{} cygvm.guest={} cygvm.user={} {}",
+            net.controller,
+            net.guest.prefix,
+            net.guest.addr,
+            config.guest.admin_user.0,
+            controller_cmdline_extra(&device_set(config.guest.version))
+        )
+        .trim_end()
+        .to_string(),
     });
     spec.nics.push(Nic {
         model: crate::vm::qemu::NicModel::VirtioNet,

@@ -116,8 +116,10 @@ pub struct Disk {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NicModel {
     VirtioNet,
-    /// Intel e1000: Windows has the driver built in.
+    /// Intel e1000 (82540EM): Windows has the driver built in.
     E1000,
+    /// Realtek RTL8139: XP and Server 2003 have the driver built in.
+    Rtl8139,
 }
 
 impl NicModel {
@@ -125,6 +127,7 @@ impl NicModel {
         match self {
             NicModel::VirtioNet => "virtio-net-pci",
             NicModel::E1000 => "e1000",
+            NicModel::Rtl8139 => "rtl8139",
         }
     }
 }
