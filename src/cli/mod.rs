@@ -266,8 +266,8 @@ pub fn run() -> Result<ExitCode> {
                 print!("{}", crate::media::windows_iso::list_images(&config)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            crate::media::windows_iso::check_windows_iso(&config)?;
-            crate::media::run(&config, args.out.as_deref(), args.json)
+            let image = crate::media::windows_iso::check_windows_iso(&config)?;
+            crate::media::run(&config, args.out.as_deref(), args.json, image.as_ref())
         }
     }
 }

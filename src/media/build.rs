@@ -19,7 +19,8 @@ use crate::fsutil::{self, write_atomic};
 use crate::media::bootstrap;
 use crate::media::floppy;
 use crate::media::iso::{FileSource, IsoBuilder};
-use crate::media::unattend::{self, MediaContext};
+use crate::media::unattend::{self, MediaContext, SelectedImage};
+use crate::media::wim::WimImage;
 use crate::secrets::ImageSecrets;
 
 /// The file at the root of the Cygwin ISO by which the guest finds it.
@@ -196,7 +197,10 @@ pub fn prepare_mirror(config: &Config, dest: &Path) -> Result<PreparedMirror> {
 }
 
 /// Builds the media into `out` and returns their manifest.
-pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
+/// `image` is the install image the ISO's install.wim lists for the
+/// configured edition or index (see `windows_iso::check_windows_iso`), when
+/// known: the answer file's product key depends on its edition.
+pub fn build(config: &Config, out: &Path, image: Option<&WimImage>) -> Result<MediaManifest> {
     let image_dir = config.image_dir();
     let secrets = ImageSecrets::load_or_create(
         &image_dir.join("secrets"),
@@ -229,7 +233,12 @@ pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
         client_public_key: &secrets.client_public_key(),
         marker_name: MARKER_NAME,
         media_id: &media_id,
-        image: None,
+        image: image.map(|i| SelectedImage {
+            index: i.index,
+            name: i.name.clone(),
+            edition_id: i.edition_id.clone(),
+            installation_type: i.installation_type.clone(),
+        }),
     };
     let answer = unattend::answer_file(&ctx).context("cannot write the answer file")?;
     // The answer file holds the admin password (encoded, not encrypted).
@@ -249,19 +258,13 @@ pub fn build(config: &Config, out: &Path) -> Result<MediaManifest> {
     let installer = unattend::installer_name(config.guest.version);
     match setup_exe(config, &source, arch, installer, stage)? {
         Some(path) => iso.add_file(installer, FileSource::Path(path))?,
-        None => tracing::info!("no {installer} found; the linux-standin guest does not need it"),
+        None => tracing::warn!(
+            "no {installer} found beside the mirror; the first logon will fail at its cygwin-setup step"
+        ),
     }
     iso.add_tree("mirror", &local.root)?;
     for (path, bytes) in bootstrap::bootstrap_files(&ctx) {
         iso.add_file(&path, FileSource::Bytes(bytes))?;
-    }
-    if config.guest.os == GuestOsKind::LinuxStandin {
-        let net = &config.network;
-        let conf = format!(
-            "ADDR={}\nCONTROLLER={}\nUSER={}\n",
-            net.guest, net.controller, config.guest.admin_user.0
-        );
-        iso.add_file("cygvm/standin.conf", FileSource::Bytes(conf.into_bytes()))?;
     }
     iso.add_file(
         "cygvm/authorized_keys",

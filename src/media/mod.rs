@@ -19,11 +19,16 @@ use anyhow::Result;
 use crate::config::Config;
 
 /// `cygvm media`: writes the media to `out` (default: the image's media/).
-pub fn run(config: &Config, out: Option<&Path>, json: bool) -> Result<ExitCode> {
+pub fn run(
+    config: &Config,
+    out: Option<&Path>,
+    json: bool,
+    image: Option<&wim::WimImage>,
+) -> Result<ExitCode> {
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| config.image_dir().join("media"));
-    let manifest = build::build(config, &out)?;
+    let manifest = build::build(config, &out, image)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     } else {

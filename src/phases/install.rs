@@ -54,7 +54,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
             bail!("key `guest.iso`: {} does not exist", iso.display());
         }
     }
-    media::windows_iso::check_windows_iso(config)?;
+    let mut install_image = media::windows_iso::check_windows_iso(config)?;
     let art = HostArtifacts::prepare(os)?;
     let image = ImageDir::new(config.image_dir());
     let lock = image.lock_exclusive()?;
@@ -81,7 +81,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
                 &iso,
             )
             .context("cannot make the linux-standin's installer ISO")?;
-            media::windows_iso::check_install_iso(config, &iso)?;
+            install_image = media::windows_iso::check_install_iso(config, &iso)?;
             iso
         }
     };
@@ -89,7 +89,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         "[media] writing the install media to {}",
         image.media().display()
     );
-    let media_manifest = media::build::build(config, &image.media())?;
+    let media_manifest = media::build::build(config, &image.media(), install_image.as_ref())?;
     let secrets = ImageSecrets::load_or_create(
         &image.secrets(),
         config.guest.admin_password.as_ref().map(|p| p.0.as_str()),
