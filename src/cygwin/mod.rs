@@ -10,10 +10,10 @@ pub mod closure;
 pub mod mirror;
 pub mod setup_ini;
 
-pub use closure::{Closure, ClosureError, WindowsRequirement, resolve};
+pub use closure::{Closure, ClosureError, PackageRequest, WindowsRequirement, resolve};
 pub use mirror::{
     LocalMirror, MirrorError, MirrorFile, MirrorSource, SetupExe, build_local_mirror,
     default_cache_dir, fetch_setup_exe, locate_setup_exe, mirror_arch, reduced_setup_ini,
     setup_exe_name,
 };
-pub use setup_ini::{Archive, Dependency, HashAlgo, Package, ParseError, SetupIni};
+pub use setup_ini::{Archive, Dependency, HashAlgo, Package, ParseError, SetupIni, Version};
