@@ -95,7 +95,7 @@ pub enum ClosureError {
         index: String,
     },
     #[error(
-        "package {name:?} ({index}:{line}) has no version to install: {}",
+        "package {name:?} has no version to install ({index}:{line}: {})",
         stub_text(name, points_to, others)
     )]
     NotInstallableRequested {
@@ -118,7 +118,7 @@ pub enum ClosureError {
         index: String,
     },
     #[error(
-        "{} depends on {missing:?}, which has no version to install in {index} (line {line}: {}) (dependency chain: {}); use an index where it has one or leave out {}",
+        "{} depends on {missing:?}, which has no version to install ({index}:{line}: {}) (dependency chain: {}); use an index where it has one or leave out {}",
         chain_owner(chain),
         stub_text(missing, points_to, others),
         chain_text(chain, missing),
@@ -149,16 +149,16 @@ pub enum ClosureError {
 
 fn stub_text(name: &str, points_to: &[String], others: &[String]) -> String {
     let mut text = if others.is_empty() {
-        "its entry has no `version:` in any section (an obsolete stub)".to_string()
+        "an obsolete stub, no `version:` in any section".to_string()
     } else {
         format!(
-            "it has neither a current nor a test version, only older ones ({})",
+            "neither a current nor a test version, only older ones: {}",
             others.join(", ")
         )
     };
     if !points_to.is_empty() {
         text.push_str(&format!(
-            "; it names {} instead, ask for that rather than {name}",
+            "; it names {} instead: ask for that rather than {name}",
             points_to.join(", ")
         ));
     }
@@ -629,6 +629,124 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("zip"), "{err}");
+    }
+
+    const H: &str = "0123456789abcdef0123456789abcdef";
+
+    /// A current package `tmux`, a test-only `byobu` needing it, a test-only
+    /// library, `cmake` with both versions, an obsolete stub and a Base package.
+    fn shapes() -> SetupIni {
+        index(&format!(
+            "@ base-files\ncategory: Base\nversion: 1\ninstall: b.tar.xz 1 {H}\n\
+             @ byobu\ncategory: Utils\n[test]\nversion: 6.13-1\ninstall: byobu.tar.xz 2 {H}\ndepends2: tmux, _windows (>= 10.0)\n\
+             @ cmake\nversion: 3.1\ninstall: cmake-3.1.tar.xz 3 {H}\ndepends2: tmux\n[test]\nversion: 4.0\ninstall: cmake-4.0.tar.xz 4 {H}\ndepends2: libnew\n\
+             @ libnew\n[test]\nversion: 1\ninstall: libnew.tar.xz 5 {H}\n\
+             @ tmux\nversion: 3.5\ninstall: tmux.tar.xz 6 {H}\n\
+             @ curl-devel\ncategory: _obsolete\nrequires: libcurl-devel\n\
+             @ app\nversion: 1\ndepends2: lib\n@ lib\nversion: 1\ndepends2: curl-devel\n\
+             @ uses-cmake\nversion: 1\ndepends2: cmake\n\
+             @ uses-libnew\nversion: 1\ndepends2: libnew\n"
+        ))
+    }
+
+    #[test]
+    fn a_test_only_package_needs_name_equals_test() {
+        let ini = shapes();
+        let err = resolve(&ini, &["byobu"]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "package \"byobu\" has only a test version (6.13-1) in t.ini; ask for it as `byobu=test` to install that version"
+        );
+        let c = resolve(&ini, &["byobu=test"]).unwrap();
+        assert_eq!(names(&ini, &c), ["base-files", "byobu", "tmux"]);
+        let byobu = ini.index_of("byobu").unwrap();
+        assert!(c.uses_test(byobu));
+        assert_eq!(c.version(&ini, byobu), Some("6.13-1"));
+        assert_eq!(c.install(&ini, byobu).unwrap().path, "byobu.tar.xz");
+        // The test version's own dependencies count.
+        assert_eq!(c.windows.as_ref().unwrap().version, "10.0");
+    }
+
+    #[test]
+    fn test_versions_are_used_only_where_asked_for() {
+        let ini = shapes();
+        let cmake = ini.index_of("cmake").unwrap();
+        let c = resolve(&ini, &["uses-cmake"]).unwrap();
+        assert_eq!(
+            names(&ini, &c),
+            ["base-files", "cmake", "tmux", "uses-cmake"]
+        );
+        assert!(!c.uses_test(cmake));
+        assert_eq!(c.version(&ini, cmake), Some("3.1"));
+
+        // Asked for, the test version and its dependencies are used, also
+        // for the packages that depend on it.
+        let c = resolve(&ini, &["uses-cmake", "cmake=test", "libnew=test"]).unwrap();
+        assert_eq!(
+            names(&ini, &c),
+            ["base-files", "cmake", "libnew", "uses-cmake"]
+        );
+        assert_eq!(c.install(&ini, cmake).unwrap().path, "cmake-4.0.tar.xz");
+        assert_eq!(c.test.len(), 2);
+    }
+
+    #[test]
+    fn a_dependency_only_a_test_version_satisfies_names_the_chain() {
+        let ini = shapes();
+        let err = resolve(&ini, &["cmake=test"]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "cmake depends on \"libnew\", which has only a test version (1) in t.ini (dependency chain: cmake -> libnew); to install that test version ask for `libnew=test` as well, or leave out cmake"
+        );
+        let err = resolve(&ini, &["uses-libnew"]).unwrap_err().to_string();
+        assert!(
+            err.contains("(dependency chain: uses-libnew -> libnew)"),
+            "{err}"
+        );
+        assert!(resolve(&ini, &["uses-libnew", "libnew=test"]).is_ok());
+    }
+
+    #[test]
+    fn a_stub_without_version_is_an_error_only_when_needed() {
+        let ini = shapes();
+        // Unreached, it does not matter.
+        assert!(resolve(&ini, &["tmux"]).is_ok());
+        let err = resolve(&ini, &["app"]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "lib depends on \"curl-devel\", which has no version to install (t.ini:26: an obsolete stub, no `version:` in any section; it names libcurl-devel instead: ask for that rather than curl-devel) (dependency chain: app -> lib -> curl-devel); use an index where it has one or leave out app"
+        );
+        let err = resolve(&ini, &["curl-devel"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "package \"curl-devel\" has no version to install (t.ini:26: an obsolete stub"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn requests_are_names_or_name_equals_test() {
+        let ini = shapes();
+        let err = resolve(&ini, &["tmux=test"]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "`tmux=test`: package \"tmux\" has no [test] version in t.ini; ask for `tmux` to install its current version 3.5"
+        );
+        for bad in ["tmux=3.5", "=test", "tmux="] {
+            let err = resolve(&ini, &[bad]).unwrap_err().to_string();
+            assert!(err.contains("is not a package request"), "{bad}: {err}");
+        }
+        let err = resolve(&ini, &["nosuch=test"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("package \"nosuch\" is not in t.ini"),
+            "{err}"
+        );
+        let r: PackageRequest = "byobu=test".parse().unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.test, r.to_string()),
+            ("byobu", true, "byobu=test".into())
+        );
     }
 
     #[test]

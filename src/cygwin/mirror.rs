@@ -763,6 +763,33 @@ mod tests {
     }
 
     #[test]
+    fn reduced_index_offers_a_chosen_test_version_as_current() {
+        let h = "0123456789abcdef0123456789abcdef";
+        let ini = SetupIni::parse(
+            "t",
+            format!(
+                "arch: x86_64\n\n@ byobu\nsdesc: \"Byobu\"\ncategory: Utils\n[test]\nversion: 6.13-1\ninstall: noarch/byobu-6.13-1.tar.xz 2 {h}\ndepends2: tmux\n\n@ tmux\nsdesc: \"Tmux\"\nversion: 3.5\ninstall: x86_64/tmux-3.5.tar.xz 6 {h}\n[test]\nversion: 3.6\ninstall: x86_64/tmux-3.6.tar.xz 7 {h}\n"
+            ),
+        )
+        .unwrap();
+        let closure = crate::cygwin::resolve(&ini, &["byobu=test"]).unwrap();
+        let text = reduced_setup_ini(&ini, &closure);
+        assert_eq!(
+            text,
+            format!(
+                "arch: x86_64\n\n@ byobu\nsdesc: \"Byobu\"\ncategory: Utils\nversion: 6.13-1\ninstall: noarch/byobu-6.13-1.tar.xz 2 {h}\ndepends2: tmux\n\n@ tmux\nsdesc: \"Tmux\"\nversion: 3.5\ninstall: x86_64/tmux-3.5.tar.xz 6 {h}\n\n"
+            )
+        );
+        // What setup reads from it: byobu's test version as the current one.
+        let again = SetupIni::parse("again", text).unwrap();
+        let byobu = again.package("byobu").unwrap();
+        assert_eq!(byobu.version.as_deref(), Some("6.13-1"));
+        assert!(byobu.test.is_none());
+        let closure = crate::cygwin::resolve(&again, &["byobu"]).unwrap();
+        assert_eq!(closure.len(), 2);
+    }
+
+    #[test]
     fn arch_falls_back_to_install_paths() {
         let ini = SetupIni::parse(
             "t",

@@ -1096,6 +1096,7 @@ mod tests {
             "{err}"
         );
 
+        // A cut at a line boundary inside the last stanza.
         let err = parse("@ a\nversion: 1\n@ b\nsdesc: \"B\"\n")
             .unwrap_err()
             .to_string();
@@ -1104,6 +1105,103 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("truncated"), "{err}");
+        let err = parse("@ a\nversion: 1\n@ b\n").unwrap_err().to_string();
+        assert!(err.starts_with("test.ini:3: package b"), "{err}");
+        assert!(err.contains("truncated"), "{err}");
+        let err = parse("@ a\nversion: 1\n[prev]\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.ini:3: section [prev] of package a is empty"),
+            "{err}"
+        );
+        assert!(err.contains("truncated"), "{err}");
+
+        // The same shapes mid-file are stubs, and a stub that names its
+        // replacement may end the file.
+        let ini = parse("@ a\nsdesc: \"A\"\n\n@ b\n[prev]\n@ c\nversion: 1\n").unwrap();
+        assert_eq!(ini.packages.len(), 3);
+        let ini = parse("@ a\nversion: 1\n@ stub\nrequires: a\n").unwrap();
+        assert_eq!(ini.package("stub").unwrap().version, None);
+    }
+
+    #[test]
+    fn stanzas_without_a_current_version_parse() {
+        let ini = parse(&format!(
+            "@ byobu\nsdesc: \"Byobu\"\ncategory: Utils\n[test]\nversion: 6.13-1\ninstall: noarch/byobu-6.13-1.tar.xz 7 {H512}\ndepends2: tmux\n[test]\nversion: 6.12-1\ninstall: noarch/byobu-6.12-1.tar.xz 6 {H512}\n\n@ curl-devel\nsdesc: \"Obsolete\"\ncategory: _obsolete\nrequires: libcurl-devel\n\n@ oldonly\n[prev]\nversion: 1-1\ninstall: o/oldonly-1-1.tar.xz 1 {H512}\nrequires: x\n\n@ tmux\nversion: 3.5-1\ninstall: t/tmux-3.5-1.tar.xz 5 {H512}\n"
+        ))
+        .unwrap();
+        assert_eq!(ini.packages.len(), 4);
+        let byobu = ini.package("byobu").unwrap();
+        assert_eq!(byobu.version, None);
+        assert!(!byobu.has_current());
+        assert_eq!(byobu.categories, ["Utils"]);
+        let test = byobu.test.as_ref().unwrap();
+        // The highest of several [test] versions, wherever it stands.
+        assert_eq!(test.version, "6.13-1");
+        assert_eq!(test.install.path, "noarch/byobu-6.13-1.tar.xz");
+        assert_eq!(test.depends[0].name, "tmux");
+        assert_eq!(test.line, 4);
+        assert_eq!(byobu.other_versions, ["6.12-1"]);
+
+        let stub = ini.package("curl-devel").unwrap();
+        assert_eq!((stub.version.as_ref(), stub.test.is_some()), (None, false));
+        assert_eq!(stub.depends[0].name, "libcurl-devel");
+        let old = ini.package("oldonly").unwrap();
+        assert_eq!(
+            (old.version.as_ref(), &old.other_versions[..]),
+            (None, &["1-1".to_string()][..])
+        );
+        // Only current versions provide and are found as providers.
+        assert!(ini.providers("libcurl-devel").is_empty());
+    }
+
+    #[test]
+    fn labels_mean_what_they_mean_to_setup() {
+        let ini = parse(&format!(
+            "@ a\nsdesc: \"A\"\nversion: 2\ninstall: a-2.tar.xz 2 {H512}\nrequires: b c\n[prev]\nversion: 1\ninstall: a-1.tar.xz 1 {H512}\n[exp]\nversion: 3\ninstall: a-3.tar.xz 3 {H512}\n\n@ b\n[curr]\nversion: 1\ninstall: b-1.tar.xz 1 {H512}\n[test]\nversion: 2\n\n@ c\nversion: 1\n"
+        ))
+        .unwrap();
+        let a = ini.package("a").unwrap();
+        assert_eq!(a.version.as_deref(), Some("2"));
+        // [exp] is a test version; it inherits the dependencies read before
+        // it when it names none (the 2016 index's [test] sections do).
+        let t = a.test.as_ref().unwrap();
+        assert_eq!(t.version, "3");
+        let deps: Vec<&str> = t.depends.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(deps, ["b", "c"]);
+        assert_eq!(a.other_versions, ["1"]);
+        let b = ini.package("b").unwrap();
+        assert_eq!(b.version.as_deref(), Some("1"));
+        assert_eq!(b.install.as_ref().unwrap().path, "b-1.tar.xz");
+        // A test section without `install:` offers nothing (setup drops it).
+        assert!(b.test.is_none());
+        assert_eq!(
+            ini.current_stanza_text(b),
+            format!("@ b\nversion: 1\ninstall: b-1.tar.xz 1 {H512}\n")
+        );
+    }
+
+    #[test]
+    fn a_test_version_is_rewritten_as_the_current_one() {
+        let ini = parse(&format!(
+            "@ a\nsdesc: \"A\"\nldesc: \"Long\n[test]\nstill text\"\nversion: 1\ninstall: a-1.tar.xz 1 {H512}\ndepends2: old\ncategory: Devel\nmessage: a \"Note\"\n[prev]\nversion: 0\n[test]\nversion: 2\ninstall: a-2.tar.xz 2 {H512}\ndepends2: new\n"
+        ))
+        .unwrap();
+        let a = ini.package("a").unwrap();
+        let text = ini.test_stanza_text(a).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "@ a\nsdesc: \"A\"\nldesc: \"Long\n[test]\nstill text\"\ncategory: Devel\nmessage: a \"Note\"\nversion: 2\ninstall: a-2.tar.xz 2 {H512}\ndepends2: new\n"
+            )
+        );
+        let again = parse(&text).unwrap();
+        let a2 = again.package("a").unwrap();
+        assert_eq!(a2.version.as_deref(), Some("2"));
+        assert!(a2.test.is_none());
+        assert_eq!(a2.depends[0].name, "new");
+        assert_eq!(a2.categories, ["Devel"]);
+        assert_eq!(a2.ldesc.as_deref(), Some("Long\n[test]\nstill text"));
+        assert!(ini.test_stanza_text(ini.package("a").unwrap()).is_some());
     }
 
     #[test]
