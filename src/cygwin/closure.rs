@@ -94,15 +94,12 @@ pub enum ClosureError {
         current: Option<String>,
         index: String,
     },
-    #[error(
-        "package {name:?} has no version to install ({index}:{line}: {})",
-        stub_text(name, points_to, others)
-    )]
+    #[error("package {name:?} has no version to install ({index}:{line}: {why})")]
     NotInstallableRequested {
         name: String,
         line: usize,
-        points_to: Vec<String>,
-        others: Vec<String>,
+        /// What the stanza has instead, and what it points to.
+        why: String,
         index: String,
     },
     #[error(
@@ -118,17 +115,15 @@ pub enum ClosureError {
         index: String,
     },
     #[error(
-        "{} depends on {missing:?}, which has no version to install ({index}:{line}: {}) (dependency chain: {}); use an index where it has one or leave out {}",
+        "{} depends on {missing:?}, which has no version to install ({index}:{line}: {why}) (dependency chain: {}); use an index where it has one or leave out {}",
         chain_owner(chain),
-        stub_text(missing, points_to, others),
         chain_text(chain, missing),
         chain.first().map(String::as_str).unwrap_or("the requesting package"),
     )]
     DependencyNotInstallable {
         missing: String,
         line: usize,
-        points_to: Vec<String>,
-        others: Vec<String>,
+        why: String,
         chain: Vec<String>,
         index: String,
     },
@@ -147,7 +142,11 @@ pub enum ClosureError {
     },
 }
 
-fn stub_text(name: &str, points_to: &[String], others: &[String]) -> String {
+/// Why a stanza has no version to install, and what it names instead.
+fn stub_text(pkg: &Package) -> String {
+    let name = &pkg.name;
+    let others = &pkg.other_versions;
+    let points_to = points_to(pkg);
     let mut text = if others.is_empty() {
         "an obsolete stub, no `version:` in any section".to_string()
     } else {
@@ -307,8 +306,7 @@ pub fn resolve<S: AsRef<str>>(index: &SetupIni, requested: &[S]) -> Result<Closu
                 return Err(ClosureError::NotInstallableRequested {
                     name: pkg.name.clone(),
                     line: pkg.line,
-                    points_to: points_to(pkg),
-                    others: pkg.other_versions.clone(),
+                    why: stub_text(pkg),
                     index: index.source_name.clone(),
                 });
             }
@@ -370,8 +368,7 @@ pub fn resolve<S: AsRef<str>>(index: &SetupIni, requested: &[S]) -> Result<Closu
                     return Err(ClosureError::DependencyNotInstallable {
                         missing: stub.name.clone(),
                         line: stub.line,
-                        points_to: points_to(stub),
-                        others: stub.other_versions.clone(),
+                        why: stub_text(stub),
                         chain: resolver.chain(i),
                         index: index.source_name.clone(),
                     });
@@ -645,7 +642,9 @@ mod tests {
              @ curl-devel\ncategory: _obsolete\nrequires: libcurl-devel\n\
              @ app\nversion: 1\ndepends2: lib\n@ lib\nversion: 1\ndepends2: curl-devel\n\
              @ uses-cmake\nversion: 1\ndepends2: cmake\n\
-             @ uses-libnew\nversion: 1\ndepends2: libnew\n"
+             @ uses-libnew\nversion: 1\ndepends2: libnew\n\
+             @ oldonly\n[prev]\nversion: 1-1\ninstall: o.tar.xz 7 {H}\n\
+             @ uses-old\nversion: 1\ndepends2: oldonly\n"
         ))
     }
 
@@ -721,6 +720,11 @@ mod tests {
             err.starts_with(
                 "package \"curl-devel\" has no version to install (t.ini:26: an obsolete stub"
             ),
+            "{err}"
+        );
+        let err = resolve(&ini, &["uses-old"]).unwrap_err().to_string();
+        assert!(
+            err.contains("\"oldonly\", which has no version to install (t.ini:41: neither a current nor a test version, only older ones: 1-1) (dependency chain: uses-old -> oldonly)"),
             "{err}"
         );
     }
