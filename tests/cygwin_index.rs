@@ -261,6 +261,14 @@ fn full_2025_index_closures() {
         ],
     );
     assert!(cygport.len() > openssh.len());
+
+    // What a package obsoletes it provides (setup's rule): nothing else is
+    // named mingw64-x86_64-pkg-config or openssl-devel in this index.
+    assert!(ini.package("mingw64-x86_64-pkg-config").is_none());
+    let mingw = resolve(&ini, &["mingw64-x86_64-ncurses"]).unwrap();
+    assert!(mingw.contains(&ini, "pkg-config"));
+    let ldap = resolve(&ini, &["openldap-devel"]).unwrap();
+    assert!(ldap.contains(&ini, "libssl-devel"));
     assert_eq!(
         cygport.windows.as_ref().map(|w| w.version.as_str()),
         Some("6.3")

@@ -467,7 +467,7 @@ impl Resolver<'_> {
                 self.index.packages[i]
                     .test
                     .as_ref()
-                    .is_some_and(|t| t.provides.iter().any(|p| p == name))
+                    .is_some_and(|t| t.provided_names().any(|p| p == name))
             }) {
                 return Ok(i);
             }
@@ -478,7 +478,7 @@ impl Resolver<'_> {
                 .position(|p| {
                     p.test
                         .as_ref()
-                        .is_some_and(|t| t.provides.iter().any(|n| n == name))
+                        .is_some_and(|t| t.provided_names().any(|n| n == name))
                 })
                 .map_or(Unresolved::Missing, Unresolved::OnlyTest));
         };
@@ -599,6 +599,25 @@ mod tests {
             names(&ini, &resolve(&ini, &["app"]).unwrap()),
             ["app", "vim"]
         );
+    }
+
+    #[test]
+    fn what_a_package_obsoletes_it_provides_unless_it_says_otherwise() {
+        let ini = index(
+            "@ app\nversion: 1\ndepends2: mingw64-x86_64-pkg-config, openssl-devel\n@ pkg-config\nversion: 2\nobsoletes: mingw64-i686-pkg-config, mingw64-x86_64-pkg-config\n@ libssl-devel\nversion: 3\nobsoletes: openssl-devel\nprovides: libssl-headers\n",
+        );
+        let err = resolve(&ini, &["app"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("app depends on \"openssl-devel\", which no package"),
+            "{err}"
+        );
+        assert_eq!(ini.providers("mingw64-x86_64-pkg-config"), [1]);
+        assert_eq!(ini.providers("libssl-headers"), [2]);
+        let ini = index(
+            "@ app\nversion: 1\ndepends2: mingw64-x86_64-pkg-config\n@ pkg-config\nversion: 2\nobsoletes: mingw64-i686-pkg-config, mingw64-x86_64-pkg-config\n",
+        );
+        let c = resolve(&ini, &["app"]).unwrap();
+        assert_eq!(names(&ini, &c), ["app", "pkg-config"]);
     }
 
     #[test]

@@ -147,6 +147,29 @@ pub struct Version {
     pub body: Range<usize>,
 }
 
+impl Version {
+    /// The names this version satisfies besides its own; see
+    /// [`Package::provided_names`].
+    pub fn provided_names(&self) -> impl Iterator<Item = &str> {
+        provided_names(&self.provides, &self.obsoletes)
+    }
+}
+
+/// `provides:`, or without one, the names in `obsoletes:`: setup's solver
+/// lets a package stand in for what it obsoletes (`SolverPool::addPackage`
+/// in libsolv.cc), and real indexes rely on it (`pkg-config` obsoletes, and so
+/// satisfies, `mingw64-x86_64-pkg-config`).
+fn provided_names<'a>(
+    provides: &'a [String],
+    obsoletes: &'a [Dependency],
+) -> impl Iterator<Item = &'a str> {
+    let obsoleted = if provides.is_empty() { obsoletes } else { &[] };
+    provides
+        .iter()
+        .map(String::as_str)
+        .chain(obsoleted.iter().map(|d| d.name.as_str()))
+}
+
 /// One package as the index describes it: its current version in the
 /// flat fields (`version` is `None` when the stanza has none), and its test
 /// version, if any.
@@ -192,6 +215,12 @@ impl Package {
     /// unless a test version is asked for).
     pub fn has_current(&self) -> bool {
         self.version.is_some()
+    }
+
+    /// The names the current version satisfies besides its own: its
+    /// `provides:`, or without one, what it `obsoletes:`.
+    pub fn provided_names(&self) -> impl Iterator<Item = &str> {
+        provided_names(&self.provides, &self.obsoletes)
     }
 }
 
@@ -259,8 +288,11 @@ impl SetupIni {
                 if !p.has_current() {
                     continue;
                 }
-                for name in &p.provides {
-                    providers.entry(name.clone()).or_default().push(i);
+                for name in p.provided_names() {
+                    let list = providers.entry(name.to_string()).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
                 }
             }
             SetupIni {
@@ -306,7 +338,8 @@ impl SetupIni {
         self.by_name.get(name).copied()
     }
 
-    /// Packages whose current version `provides:` `name`, in file order.
+    /// Packages whose current version provides `name` (see
+    /// [`Package::provided_names`]), in file order.
     pub fn providers(&self, name: &str) -> &[usize] {
         self.providers.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
