@@ -1,8 +1,9 @@
 //! Cygwin package indexes (setup.ini), dependency closures and local mirrors.
 //!
 //! - [`setup_ini`] parses an index as mirrors publish it.
-//! - [`closure`] computes what an install needs: the requested packages plus
-//!   the Base category, closed under dependencies.
+//! - [`closure`] computes what an install needs: the requested packages
+//!   (`name`, or `name=test` for a test version) plus the Base category,
+//!   closed under dependencies.
 //! - [`mirror`] fetches and verifies those archives into a content-addressed
 //!   cache and lays out a directory `setup.exe -L -l DIR` installs from.
 
