@@ -1,6 +1,7 @@
 //! The parser and closure on real Cygwin indexes (shared fixtures).
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use cygvm::cygwin::{HashAlgo, SetupIni, reduced_setup_ini, resolve};
 
@@ -136,4 +137,400 @@ fn zstd_and_truncated_xz_indexes() {
         "{err}"
     );
     assert!(err.contains("truncated or corrupt"), "{err}");
+}
+
+fn names<'a>(ini: &'a SetupIni, closure: &'a cygvm::cygwin::Closure) -> Vec<&'a str> {
+    closure.names(ini).collect()
+}
+
+/// Checks what every closure must hold: its packages sorted by name, every
+/// Base package with a current version, and `expected`.
+fn assert_closure(ini: &SetupIni, closure: &cygvm::cygwin::Closure, expected: &[&str]) {
+    let names = names(ini, closure);
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(names, sorted, "not sorted or not unique");
+    for name in expected {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+    for p in ini
+        .packages
+        .iter()
+        .filter(|p| p.in_category("Base") && p.has_current())
+    {
+        assert!(names.contains(&p.name.as_str()), "Base {} missing", p.name);
+    }
+}
+
+#[test]
+fn full_2025_index_parses_every_stanza_shape() {
+    let Some(path) = fixture("setup-x86_64-20250802.xz") else {
+        return;
+    };
+    let ini = SetupIni::read(&path).unwrap();
+    assert_eq!(ini.packages.len(), 11882);
+    assert_eq!(ini.setup_version(), Some("2.934"));
+
+    // 28 packages have only [test] versions; byobu has two, the higher wins.
+    let test_only: Vec<&str> = ini
+        .packages
+        .iter()
+        .filter(|p| !p.has_current())
+        .map(|p| {
+            assert!(p.test.is_some(), "{} has neither current nor test", p.name);
+            p.name.as_str()
+        })
+        .collect();
+    assert_eq!(test_only.len(), 28, "{test_only:?}");
+    assert!(test_only.contains(&"byobu") && test_only.contains(&"python39-imaging"));
+    let byobu = ini.package("byobu").unwrap();
+    assert_eq!(byobu.categories, ["Utils"]);
+    let test = byobu.test.as_ref().unwrap();
+    assert_eq!(test.version, "6.13-1");
+    assert_eq!(
+        test.install.path,
+        "noarch/release/byobu/byobu-6.13-1-noarch.tar.xz"
+    );
+    assert_eq!(byobu.other_versions, ["6.12-1"]);
+    // A package with current, test and previous versions keeps all three apart.
+    let cygwin = ini.package("cygwin").unwrap();
+    assert!(cygwin.version.is_some() && cygwin.test.is_some());
+    assert!(!cygwin.other_versions.is_empty());
+}
+
+#[test]
+fn full_2025_index_closures() {
+    let Some(path) = fixture("setup-x86_64-20250802.xz") else {
+        return;
+    };
+    let ini = SetupIni::read(&path).unwrap();
+
+    let openssh = resolve(&ini, &["openssh"]).unwrap();
+    assert_closure(
+        &ini,
+        &openssh,
+        &[
+            "openssh",
+            "cygwin",
+            "bash",
+            "coreutils",
+            "base-cygwin",
+            "libssl3",
+            "cygrunsrv",
+            "csih",
+            "libfido2",
+        ],
+    );
+    let w = openssh
+        .windows
+        .as_ref()
+        .expect("2025 packages need _windows");
+    assert_eq!(w.version, "6.3");
+    // Current versions only, not the test ones cygwin and coreutils also have.
+    assert!(openssh.test.is_empty());
+    let cygwin = ini.index_of("cygwin").unwrap();
+    assert_eq!(
+        openssh.version(&ini, cygwin),
+        ini.packages[cygwin].version.as_deref()
+    );
+
+    // The fixture README's claim: the excerpt is exactly this closure.
+    let devel = resolve(&ini, &["openssh", "gcc-core", "make"]).unwrap();
+    assert_eq!(devel.len(), 108);
+    let gcc_make = resolve(&ini, &["gcc-core", "make"]).unwrap();
+    assert_closure(
+        &ini,
+        &gcc_make,
+        &[
+            "gcc-core",
+            "make",
+            "binutils",
+            "cygwin-devel",
+            "w32api-headers",
+        ],
+    );
+    assert!(!gcc_make.contains(&ini, "openssh"));
+
+    let cygport = resolve(&ini, &["cygport"]).unwrap();
+    assert_closure(
+        &ini,
+        &cygport,
+        &[
+            "cygport", "autoconf", "automake", "gcc-g++", "openssh", "perl", "rsync", "wget",
+        ],
+    );
+    assert!(cygport.len() > openssh.len());
+
+    // What a package obsoletes it provides (setup's rule): nothing else is
+    // named mingw64-x86_64-pkg-config or openssl-devel in this index.
+    assert!(ini.package("mingw64-x86_64-pkg-config").is_none());
+    let mingw = resolve(&ini, &["mingw64-x86_64-ncurses"]).unwrap();
+    assert!(mingw.contains(&ini, "pkg-config"));
+    let ldap = resolve(&ini, &["openldap-devel"]).unwrap();
+    assert!(ldap.contains(&ini, "libssl-devel"));
+    assert_eq!(
+        cygport.windows.as_ref().map(|w| w.version.as_str()),
+        Some("6.3")
+    );
+}
+
+#[test]
+fn full_2025_index_test_packages_need_name_equals_test() {
+    let Some(path) = fixture("setup-x86_64-20250802.xz") else {
+        return;
+    };
+    let ini = SetupIni::read(&path).unwrap();
+    let index = path.display().to_string();
+
+    let err = resolve(&ini, &["byobu"]).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "package \"byobu\" has only a test version (6.13-1) in {index}; ask for it as `byobu=test` to install that version"
+        )
+    );
+    // byobu needs python3, whose chain reaches a library that exists only
+    // as a test version in this index: that, too, must be asked for.
+    let err = resolve(&ini, &["byobu=test"]).unwrap_err().to_string();
+    assert!(
+        err.contains("depends on \"python39-imaging\", which has only a test version (11.1.0-1)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(dependency chain: byobu -> python3 -> "),
+        "{err}"
+    );
+    assert!(
+        err.contains("ask for `python39-imaging=test` as well"),
+        "{err}"
+    );
+    let err = resolve(&ini, &["python3"]).unwrap_err().to_string();
+    assert!(
+        err.contains("dependency chain: python3 -> python39 -> "),
+        "{err}"
+    );
+
+    let closure = resolve(&ini, &["byobu=test", "python39-imaging=test"]).unwrap();
+    assert_closure(
+        &ini,
+        &closure,
+        &["byobu", "python3", "tmux", "python39-imaging"],
+    );
+    let byobu = ini.index_of("byobu").unwrap();
+    assert!(closure.uses_test(byobu));
+    assert_eq!(closure.version(&ini, byobu), Some("6.13-1"));
+    assert_eq!(closure.test.len(), 2);
+
+    // The mirror's index offers the chosen test versions as current ones,
+    // so the guest's `setup -q -L -P byobu` installs them.
+    let reduced = reduced_setup_ini(&ini, &closure);
+    assert!(!reduced.contains("\n[test]\n") && !reduced.contains("\n[prev]\n"));
+    let again = SetupIni::parse("reduced", reduced).unwrap();
+    assert_eq!(again.packages.len(), closure.len());
+    let b = again.package("byobu").unwrap();
+    assert_eq!(b.version.as_deref(), Some("6.13-1"));
+    assert_eq!(b.sdesc, ini.packages[byobu].sdesc);
+    assert_eq!(
+        b.install.as_ref().unwrap().path,
+        "noarch/release/byobu/byobu-6.13-1-noarch.tar.xz"
+    );
+    let plain = resolve(&again, &["byobu", "python39-imaging"]).unwrap();
+    assert_eq!(names(&again, &plain), names(&ini, &closure));
+}
+
+#[test]
+fn full_2016_index_closures() {
+    let Some(path) = fixture("setup-x86_64-20160908.xz") else {
+        return;
+    };
+    let ini = SetupIni::read(&path).unwrap();
+    // requires: era: every package has a current version.
+    assert!(ini.packages.iter().all(|p| p.has_current()));
+    let socat = ini.package("socat").unwrap();
+    assert!(socat.test.is_some());
+
+    let gcc_make = resolve(&ini, &["gcc-core", "make"]).unwrap();
+    assert_closure(
+        &ini,
+        &gcc_make,
+        &[
+            "gcc-core",
+            "make",
+            "binutils",
+            "cygwin-devel",
+            "w32api-headers",
+            "libgmp10",
+        ],
+    );
+    assert_eq!(gcc_make.windows, None);
+    let cygport = resolve(&ini, &["cygport"]).unwrap();
+    assert_closure(
+        &ini,
+        &cygport,
+        &[
+            "cygport",
+            "autoconf",
+            "gcc-g++",
+            "openssh",
+            "libopenssl100",
+            "perl",
+        ],
+    );
+    assert_eq!(cygport.windows, None);
+
+    // A [test] version in the requires: era inherits the current
+    // section's dependencies when asked for.
+    let closure = resolve(&ini, &["socat=test"]).unwrap();
+    let i = ini.index_of("socat").unwrap();
+    assert!(closure.uses_test(i));
+    assert_ne!(closure.version(&ini, i), ini.packages[i].version.as_deref());
+    assert!(!closure.depends(&ini, i).is_empty());
+}
+
+/// The 2016 text with `name`'s stanza replaced by an obsolete stub that only
+/// names its replacement, as older indexes carry them.
+fn with_stub(text: &str, name: &str, replacement: &str) -> String {
+    let start = text.find(&format!("\n@ {name}\n")).unwrap() + 1;
+    let end = start + 1 + text[start + 1..].find("\n@ ").unwrap() + 1;
+    format!(
+        "{}@ {name}\nsdesc: \"Obsolete package\"\ncategory: _obsolete\nrequires: {replacement}\n\n{}",
+        &text[..start],
+        &text[end..]
+    )
+}
+
+#[test]
+fn a_stub_without_version_fails_only_the_closures_that_need_it() {
+    let Some(path) = fixture("setup-x86_64-20160908.xz") else {
+        return;
+    };
+    let full = SetupIni::read(&path).unwrap();
+    let text = with_stub(&full.text, "libedit0", "libedit-devel");
+    let ini = SetupIni::parse("stubbed.ini", text).unwrap();
+    assert_eq!(ini.packages.len(), 8688);
+    let stub = ini.package("libedit0").unwrap();
+    assert_eq!((stub.version.as_ref(), stub.test.is_some()), (None, false));
+
+    let err = resolve(&ini, &["openssh"]).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "openssh depends on \"libedit0\", which has no version to install (stubbed.ini:"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("an obsolete stub"), "{err}");
+    assert!(err.contains("it names libedit-devel instead"), "{err}");
+    assert!(
+        err.contains("(dependency chain: openssh -> libedit0)"),
+        "{err}"
+    );
+    // Closures that do not reach it are unaffected.
+    let make = resolve(&ini, &["make"]).unwrap();
+    assert!(make.contains(&ini, "make") && !make.contains(&ini, "libedit0"));
+}
+
+#[test]
+fn a_real_index_cut_at_a_line_boundary_is_truncated() {
+    let Some(path) = fixture("setup-x86_64-20160908.xz") else {
+        return;
+    };
+    let full = SetupIni::read(&path).unwrap();
+    let last = full.text.rfind("\n@ ").unwrap() + 1;
+    let name_end = last + full.text[last..].find('\n').unwrap() + 1;
+    // Right after the last stanza's `@ name` line, and right after its
+    // first `[prev]` label.
+    let prev = last + full.text[last..].find("\n[prev]\n").unwrap() + "\n[prev]\n".len();
+    for (cut, expect) in [
+        (name_end, "package _update-info-dir has no `version:`"),
+        (prev, "section [prev] of package _update-info-dir is empty"),
+    ] {
+        let err = SetupIni::parse("cut.ini", full.text[..cut].to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cut.ini:"), "{err}");
+        assert!(err.contains(expect), "{err}");
+        assert!(err.contains("the index is truncated"), "{err}");
+    }
+}
+
+fn cygvm(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cygvm"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_resolves_the_full_indexes() {
+    let (Some(new), Some(old)) = (
+        fixture("setup-x86_64-20250802.xz"),
+        fixture("setup-x86_64-20160908.xz"),
+    ) else {
+        return;
+    };
+    let new = new.to_str().unwrap();
+    let old = old.to_str().unwrap();
+
+    let (code, stdout, stderr) = cygvm(&["cygwin", "resolve", "--setup-ini", new, "openssh"]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let mut sorted = lines.clone();
+    sorted.sort_unstable();
+    assert_eq!(lines, sorted);
+    for name in ["openssh", "cygwin", "bash", "libssl3", "base-cygwin"] {
+        assert!(lines.contains(&name), "{name} missing: {stdout}");
+    }
+    assert!(stderr.contains("need Windows NT 6.3 or newer"), "{stderr}");
+
+    let (code, stdout, stderr) = cygvm(&[
+        "cygwin",
+        "resolve",
+        "--setup-ini",
+        old,
+        "gcc-core",
+        "make",
+        "cygport",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.lines().any(|l| l == "cygport") && stdout.lines().any(|l| l == "gcc-core"));
+    assert!(!stderr.contains("Windows NT"), "{stderr}");
+
+    let (code, stdout, stderr) = cygvm(&["cygwin", "resolve", "--setup-ini", new, "byobu"]);
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("error: package \"byobu\" has only a test version (6.13-1)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ask for it as `byobu=test`"), "{stderr}");
+
+    let (code, stdout, stderr) = cygvm(&[
+        "cygwin",
+        "resolve",
+        "--setup-ini",
+        new,
+        "--json",
+        "byobu=test",
+        "python39-imaging=test",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let items = json.as_array().unwrap();
+    let byobu = items.iter().find(|p| p["name"] == "byobu").unwrap();
+    assert_eq!(byobu["version"], "6.13-1");
+    assert_eq!(byobu["test"], true);
+    assert_eq!(
+        byobu["path"],
+        "noarch/release/byobu/byobu-6.13-1-noarch.tar.xz"
+    );
+    let bash = items.iter().find(|p| p["name"] == "bash").unwrap();
+    assert_eq!(bash["test"], false);
+    assert_eq!(items.iter().filter(|p| p["test"] == true).count(), 2);
 }

@@ -442,3 +442,69 @@ fn cli_resolve_and_mirror_end_to_end() {
         .unwrap();
     assert_eq!(body, archive_bytes("bbb", 1000));
 }
+
+#[test]
+fn cli_mirror_of_a_test_version_installs_it_as_current() {
+    let f = fixture();
+    // A test-only package: its archive exists in the source mirror under
+    // the path its [test] section names.
+    let bytes = archive_bytes("tonly", 4321);
+    let rel = "noarch/release/tonly/tonly-2.0-1.tar.xz";
+    fs::create_dir_all(f.source.join(rel).parent().unwrap()).unwrap();
+    fs::write(f.source.join(rel), &bytes).unwrap();
+    let hash = hex::encode(Sha512::digest(&bytes));
+    let mut text = fs::read_to_string(&f.ini_path).unwrap();
+    text.push_str(&format!(
+        "\n@ tonly\nsdesc: \"Only in test\"\ncategory: Utils\n[test]\nversion: 2.0-1\ninstall: {rel} 4321 {hash}\ndepends2: bbb\n"
+    ));
+    fs::write(&f.ini_path, text).unwrap();
+    let (ini, to, cache, from) = (
+        f.ini_path.to_str().unwrap(),
+        f.dest.to_str().unwrap(),
+        f.cache.to_str().unwrap(),
+        f.source.to_str().unwrap(),
+    );
+    let mirror = |package: &str| {
+        cygvm(&[
+            "cygwin",
+            "mirror",
+            "--setup-ini",
+            ini,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--cache",
+            cache,
+            package,
+        ])
+    };
+
+    let (code, _, stderr) = mirror("tonly");
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("has only a test version (2.0-1)") && stderr.contains("`tonly=test`"),
+        "{stderr}"
+    );
+    assert!(!f.dest.join(rel).exists());
+
+    let (code, stdout, stderr) = mirror("tonly=test");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("3 packages, 4 files"), "{stdout}");
+    assert_eq!(fs::read(f.dest.join(rel)).unwrap(), bytes);
+    // What the guest's setup reads: the test version as the only, current one.
+    let written = fs::read_to_string(f.dest.join("x86_64/setup.ini")).unwrap();
+    assert!(
+        written.contains(&format!(
+            "@ tonly\nsdesc: \"Only in test\"\ncategory: Utils\nversion: 2.0-1\ninstall: {rel} 4321 {hash}\n"
+        )),
+        "{written}"
+    );
+    assert!(!written.contains("[test]"), "{written}");
+    let again = SetupIni::read(&f.dest.join("x86_64/setup.ini")).unwrap();
+    let closure = resolve(&again, &["tonly"]).unwrap();
+    assert_eq!(
+        closure.names(&again).collect::<Vec<_>>(),
+        ["base-thing", "bbb", "tonly"]
+    );
+}

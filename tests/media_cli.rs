@@ -304,3 +304,175 @@ fn a_missing_mirror_is_named() {
     assert!(err.contains("/nonexistent/mirror"), "{err}");
     assert!(err.contains("x86_64/setup.ini"), "{err}");
 }
+
+/// A real index from `shared/fixtures/cygwin` beside the clone (or beside
+/// the directory holding it); CYGVM_REQUIRE_FIXTURES=1 makes absence fail.
+fn fixture(name: &str) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        root.join("../shared/fixtures/cygwin").join(name),
+        root.join("../../shared/fixtures/cygwin").join(name),
+    ];
+    if let Some(found) = candidates.iter().find(|p| p.exists()) {
+        return Some(found.clone());
+    }
+    let message = format!(
+        "fixture {name} is absent (looked in {}); clone `shared/` beside the repository",
+        candidates[0].display()
+    );
+    assert!(
+        std::env::var_os("CYGVM_REQUIRE_FIXTURES").is_none(),
+        "{message}"
+    );
+    eprintln!("skipping: {message}");
+    None
+}
+
+/// A small valid `.tar.xz` holding one file that names the package.
+fn tiny_tar_xz(package: &str) -> Vec<u8> {
+    use std::io::Write;
+    let body = format!("{package}\n");
+    let mut header = [0u8; 512];
+    let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, format!("usr/share/doc/{package}.txt").as_bytes());
+    put(100, b"0000644\0");
+    put(108, b"0000000\0");
+    put(116, b"0000000\0");
+    put(124, format!("{:011o}\0", body.len()).as_bytes());
+    put(136, b"00000000000\0");
+    put(148, b"        ");
+    put(156, b"0");
+    put(257, b"ustar\x0000");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = header.to_vec();
+    tar.extend_from_slice(body.as_bytes());
+    tar.resize(512 + 512 + 1024, 0);
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+    xz.write_all(&tar).unwrap();
+    xz.finish().unwrap()
+}
+
+fn sha512(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha512::digest(bytes))
+}
+
+/// The complete 2025 index with every archive the closure of `packages`
+/// needs generated small under `top`, and those packages' `install:` lines
+/// rewritten to the generated sizes and sha512s; other stanzas are verbatim.
+fn fake_mirror_from_real_index(top: &Path, packages: &[&str]) -> Option<Vec<(String, String)>> {
+    use cygvm::cygwin::{SetupIni, resolve};
+    let ini = SetupIni::read(&fixture("setup-x86_64-20250802.xz")?).unwrap();
+    let closure = resolve(&ini, packages).unwrap();
+    let mut order = closure.packages.clone();
+    order.sort_unstable();
+    let mut text = String::with_capacity(ini.text.len());
+    let mut done = 0;
+    let mut archives = Vec::new();
+    for i in order {
+        let p = &ini.packages[i];
+        let Some(a) = &p.install else { continue };
+        let bytes = tiny_tar_xz(&p.name);
+        let path = top.join(&a.path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let old = format!("install: {} {} {}", a.path, a.size, a.hash);
+        let new = format!("install: {} {} {}", a.path, bytes.len(), sha512(&bytes));
+        let stanza = &ini.text[p.text_range.clone()];
+        assert!(stanza.contains(&old), "{}: {old}", p.name);
+        text.push_str(&ini.text[done..p.text_range.start]);
+        text.push_str(&stanza.replacen(&old, &new, 1));
+        done = p.text_range.end;
+        archives.push((a.path.clone(), sha512(&bytes)));
+    }
+    text.push_str(&ini.text[done..]);
+    std::fs::create_dir_all(top.join("x86_64")).unwrap();
+    std::fs::write(top.join("x86_64/setup.ini"), text).unwrap();
+    std::fs::copy(
+        example_mirror().join("setup-x86_64.exe"),
+        top.join("setup-x86_64.exe"),
+    )
+    .unwrap();
+    Some(archives)
+}
+
+#[test]
+fn media_from_a_mirror_with_the_real_2025_index() {
+    const LONG: &str = "mingw64-x86_64-google-breakpad-debuginfo";
+    let mirror = tempfile::tempdir().unwrap();
+    let Some(archives) = fake_mirror_from_real_index(mirror.path(), &["openssh", LONG]) else {
+        return;
+    };
+    // The real names: openssh, Base, and a 70-character archive name.
+    assert!(archives.len() > 80, "{}", archives.len());
+    let long = archives
+        .iter()
+        .map(|(path, _)| path.as_str())
+        .find(|p| p.contains(LONG))
+        .unwrap();
+    assert_eq!(
+        long.rsplit('/').next().unwrap(),
+        "mingw64-x86_64-google-breakpad-debuginfo-20171117_git70914b2d-1.tar.xz"
+    );
+    assert!(long.rsplit('/').next().unwrap().len() > 64);
+    tool(
+        Command::new("tar")
+            .arg("-tJf")
+            .arg(mirror.path().join(long)),
+        "tar",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[image]\nname = \"t\"\ndir = \"images\"\n\n[cygwin]\nmirror = \"{}\"\n\
+         packages = [\"openssh\", \"{LONG}\"]\n",
+        mirror.path().display()
+    );
+    std::fs::write(dir.path().join("cygvm.toml"), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cygvm"))
+        .args(["media", "--config"])
+        .arg(dir.path().join("cygvm.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let iso_path = dir.path().join("images/t/media/cygwin.iso");
+
+    // Every archive is on the ISO under the path its setup.ini names, as
+    // Windows reads it (Joliet), byte for byte.
+    let listing = String::from_utf8(tool(
+        Command::new("isoinfo")
+            .args(["-J", "-f", "-i"])
+            .arg(&iso_path),
+        "genisoimage",
+    ))
+    .unwrap();
+    let x = tempfile::tempdir().unwrap();
+    tool(
+        Command::new("xorriso")
+            .args(["-osirrox", "on", "-rockridge", "off", "-indev"])
+            .arg(&iso_path)
+            .args(["-extract", "/mirror"])
+            .arg(x.path().join("mirror")),
+        "xorriso",
+    );
+    let on_iso = x.path().join("mirror");
+    let ini = cygvm::cygwin::SetupIni::read(&on_iso.join("x86_64/setup.ini")).unwrap();
+    let named: Vec<&str> = ini
+        .packages
+        .iter()
+        .filter_map(|p| p.install.as_ref().map(|a| a.path.as_str()))
+        .collect();
+    assert_eq!(named.len(), archives.len());
+    for (path, hash) in &archives {
+        assert!(
+            named.contains(&path.as_str()),
+            "{path} not in the ISO's setup.ini"
+        );
+        let joliet = format!("/mirror/{path}");
+        assert!(listing.lines().any(|l| l == joliet), "{joliet} missing");
+        let bytes = std::fs::read(on_iso.join(path)).unwrap();
+        assert_eq!(&sha512(&bytes), hash, "{path}");
+    }
+    assert!(ini.package("openssh").is_some() && ini.package("cygwin").is_some());
+    assert!(ini.package("byobu").is_none());
+}

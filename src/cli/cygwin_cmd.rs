@@ -40,10 +40,11 @@ fn print_closure(index: &SetupIni, closure: &cygwin::Closure, json: bool) -> std
             .iter()
             .map(|&i| {
                 let p = &index.packages[i];
-                let a = p.install.as_ref();
+                let a = closure.install(index, i);
                 serde_json::json!({
                     "name": p.name,
-                    "version": p.version,
+                    "version": closure.version(index, i),
+                    "test": closure.uses_test(i),
                     "size": a.map(|a| a.size),
                     "path": a.map(|a| &a.path),
                     "hash": a.map(|a| &a.hash),

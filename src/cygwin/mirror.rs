@@ -4,8 +4,11 @@
 //! Layout (what setup.exe's local-directory mode looks for; see
 //! docs/cygwin.md): `DIR/<arch>/setup.ini` and every archive at its
 //! `install:` path relative to `DIR`. The written setup.ini keeps the index
-//! header and the current section of each closure package; `[prev]`/`[test]`
-//! sections are dropped because only current archives are present. No
+//! header and, for each closure package, the version the closure chose as
+//! its only (current) version: a `[test]` version asked for as `name=test`
+//! is written as the current section, so `setup -q -L -P name` installs it
+//! without `--allow-test-packages`. Other sections are dropped because
+//! only the chosen archives are present. No
 //! `setup.ini.sig` is written: setup.exe accepts a local directory without
 //! one, while the mirror's signature would not match the reduced index.
 //!
@@ -199,7 +202,9 @@ pub fn mirror_arch(index: &SetupIni) -> String {
 }
 
 /// The index reduced to the closure: the header verbatim, then each closure
-/// package's current section verbatim, in index order.
+/// package's chosen version as its current section, in index order (the
+/// current section verbatim; a test version as `@ name`, the package's
+/// descriptions and category, then the `[test]` lines without the label).
 pub fn reduced_setup_ini(index: &SetupIni, closure: &Closure) -> String {
     let mut order = closure.packages.clone();
     order.sort_unstable();
@@ -209,11 +214,12 @@ pub fn reduced_setup_ini(index: &SetupIni, closure: &Closure) -> String {
         out.push('\n');
     }
     for i in order {
-        out.push_str(
-            index
-                .stanza_text(&index.packages[i])
-                .trim_end_matches(['\n', '\r']),
-        );
+        let package = &index.packages[i];
+        let text = match index.test_stanza_text(package) {
+            Some(test) if closure.uses_test(i) => test.into(),
+            _ => index.current_stanza_text(package),
+        };
+        out.push_str(text.trim_end_matches(['\n', '\r']));
         out.push_str("\n\n");
     }
     out
@@ -232,8 +238,8 @@ pub fn build_local_mirror(
         .packages
         .iter()
         .filter_map(|&i| {
-            let p = &index.packages[i];
-            p.install.as_ref().map(|a| (p.name.as_str(), a))
+            let name = index.packages[i].name.as_str();
+            closure.install(index, i).map(|a| (name, a))
         })
         .collect();
     wanted.sort_by(|a, b| a.1.path.cmp(&b.1.path));
@@ -754,6 +760,33 @@ mod tests {
         for bad in ["/etc/passwd", "../x", "a/../../x", "", "a\\b", "./a"] {
             assert!(!is_plain_relative(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn reduced_index_offers_a_chosen_test_version_as_current() {
+        let h = "0123456789abcdef0123456789abcdef";
+        let ini = SetupIni::parse(
+            "t",
+            format!(
+                "arch: x86_64\n\n@ byobu\nsdesc: \"Byobu\"\ncategory: Utils\n[test]\nversion: 6.13-1\ninstall: noarch/byobu-6.13-1.tar.xz 2 {h}\ndepends2: tmux\n\n@ tmux\nsdesc: \"Tmux\"\nversion: 3.5\ninstall: x86_64/tmux-3.5.tar.xz 6 {h}\n[test]\nversion: 3.6\ninstall: x86_64/tmux-3.6.tar.xz 7 {h}\n"
+            ),
+        )
+        .unwrap();
+        let closure = crate::cygwin::resolve(&ini, &["byobu=test"]).unwrap();
+        let text = reduced_setup_ini(&ini, &closure);
+        assert_eq!(
+            text,
+            format!(
+                "arch: x86_64\n\n@ byobu\nsdesc: \"Byobu\"\ncategory: Utils\nversion: 6.13-1\ninstall: noarch/byobu-6.13-1.tar.xz 2 {h}\ndepends2: tmux\n\n@ tmux\nsdesc: \"Tmux\"\nversion: 3.5\ninstall: x86_64/tmux-3.5.tar.xz 6 {h}\n\n"
+            )
+        );
+        // What setup reads from it: byobu's test version as the current one.
+        let again = SetupIni::parse("again", text).unwrap();
+        let byobu = again.package("byobu").unwrap();
+        assert_eq!(byobu.version.as_deref(), Some("6.13-1"));
+        assert!(byobu.test.is_none());
+        let closure = crate::cygwin::resolve(&again, &["byobu"]).unwrap();
+        assert_eq!(closure.len(), 2);
     }
 
     #[test]

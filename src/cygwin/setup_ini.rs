@@ -1,16 +1,22 @@
 //! Parser for Cygwin's package index (`setup.ini`, also served as `setup.xz`
 //! and `setup.zst`).
 //!
-//! Only the current version of each package (the unlabelled section right
-//! after `@ name`) is interpreted; `[prev]`, `[test]` and other labelled
-//! sections are checked for well-formed `install:`/`source:` lines and
-//! otherwise skipped. The text of each stanza's current section is kept
-//! verbatim so a reduced index can be written for a local mirror.
+//! Each stanza's sections are read the way Cygwin's setup reads them (see
+//! docs/cygwin.md, "What each stanza shape means"): the unlabelled section
+//! (or `[curr]`) is the current version, `[test]`/`[exp]` the test version,
+//! and `[prev]` or any other label a version cygvm never installs. A stanza
+//! may have no current version at all: only a test version (`byobu` in
+//! 2025), or no version anywhere (obsolete stubs with only `requires:`).
+//! Those parse; whether they are an error is the closure's decision. The
+//! text of each stanza is kept verbatim so a reduced index can be written
+//! for a local mirror.
 //!
 //! Truncation: a published index always ends with a newline and never ends
 //! inside a quoted value, and its compressed forms carry their own end
 //! markers. A file that ends mid-line, inside a quote, or whose xz/zstd stream
-//! stops early is reported as truncated.
+//! stops early is reported as truncated, and so is a last stanza that says
+//! nothing installable (no `version:` and no dependency list in any
+//! section) or ends on an empty `[label]` section.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -123,7 +129,50 @@ pub struct Dependency {
     pub constraint: Option<Constraint>,
 }
 
-/// One package's current version as the index describes it.
+/// A labelled version of a package that cygvm can install when asked: the
+/// `[test]` (or `[exp]`) section of a stanza.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub version: String,
+    pub install: Archive,
+    pub source: Option<Archive>,
+    /// The section's own `depends2:`/`requires:`, else those of the section
+    /// before it (setup keeps the last list it read across sections).
+    pub depends: Vec<Dependency>,
+    pub provides: Vec<String>,
+    pub obsoletes: Vec<Dependency>,
+    /// Line of the section's `[label]`.
+    pub line: usize,
+    /// Byte range of the section's lines after its label in [`SetupIni::text`].
+    pub body: Range<usize>,
+}
+
+impl Version {
+    /// The names this version satisfies besides its own; see
+    /// [`Package::provided_names`].
+    pub fn provided_names(&self) -> impl Iterator<Item = &str> {
+        provided_names(&self.provides, &self.obsoletes)
+    }
+}
+
+/// `provides:`, or without one, the names in `obsoletes:`: setup's solver
+/// lets a package stand in for what it obsoletes (`SolverPool::addPackage`
+/// in libsolv.cc), and real indexes rely on it (`pkg-config` obsoletes, and so
+/// satisfies, `mingw64-x86_64-pkg-config`).
+fn provided_names<'a>(
+    provides: &'a [String],
+    obsoletes: &'a [Dependency],
+) -> impl Iterator<Item = &'a str> {
+    let obsoleted = if provides.is_empty() { obsoletes } else { &[] };
+    provides
+        .iter()
+        .map(String::as_str)
+        .chain(obsoleted.iter().map(|d| d.name.as_str()))
+}
+
+/// One package as the index describes it: its current version in the
+/// flat fields (`version` is `None` when the stanza has none), and its test
+/// version, if any.
 #[derive(Debug, Clone)]
 pub struct Package {
     pub name: String,
@@ -144,11 +193,34 @@ pub struct Package {
     pub obsoletes: Vec<Dependency>,
     /// Byte range of the stanza's current section in [`SetupIni::text`].
     pub text_range: Range<usize>,
+    /// The `[test]` version, when the stanza has one with a `version:` and
+    /// an `install:` line (setup ignores a section lacking either).
+    pub test: Option<Version>,
+    /// Versions in `[prev]` and other labels cygvm does not install.
+    pub other_versions: Vec<String>,
+    /// Byte ranges of the entries of the unlabelled section that describe
+    /// the package rather than one version (`sdesc:`, `ldesc:`,
+    /// `category:`, `message:`, ...): what a labelled version shares.
+    pub shared_entries: Vec<Range<usize>>,
+    /// Body of a `[curr]` section when the current version came from one.
+    pub current_body: Option<Range<usize>>,
 }
 
 impl Package {
     pub fn in_category(&self, category: &str) -> bool {
         self.categories.iter().any(|c| c == category)
+    }
+
+    /// Whether the index offers a current version (the one installed
+    /// unless a test version is asked for).
+    pub fn has_current(&self) -> bool {
+        self.version.is_some()
+    }
+
+    /// The names the current version satisfies besides its own: its
+    /// `provides:`, or without one, what it `obsoletes:`.
+    pub fn provided_names(&self) -> impl Iterator<Item = &str> {
+        provided_names(&self.provides, &self.obsoletes)
     }
 }
 
@@ -212,8 +284,15 @@ impl SetupIni {
             let mut providers: HashMap<String, Vec<usize>> = HashMap::new();
             for (i, p) in parsed.packages.iter().enumerate() {
                 by_name.insert(p.name.clone(), i);
-                for name in &p.provides {
-                    providers.entry(name.clone()).or_default().push(i);
+                // Only a current version provides anything by default.
+                if !p.has_current() {
+                    continue;
+                }
+                for name in p.provided_names() {
+                    let list = providers.entry(name.to_string()).or_default();
+                    if list.last() != Some(&i) {
+                        list.push(i);
+                    }
                 }
             }
             SetupIni {
@@ -259,7 +338,8 @@ impl SetupIni {
         self.by_name.get(name).copied()
     }
 
-    /// Packages whose current version `provides:` `name`, in file order.
+    /// Packages whose current version provides `name` (see
+    /// [`Package::provided_names`]), in file order.
     pub fn providers(&self, name: &str) -> &[usize] {
         self.providers.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -267,6 +347,36 @@ impl SetupIni {
     /// The verbatim text of a package's current section.
     pub fn stanza_text(&self, package: &Package) -> &str {
         &self.text[package.text_range.clone()]
+    }
+
+    /// The stanza as setup should read it with `body` as its only, current
+    /// version: `@ name`, the stanza-level entries, then `body` (a labelled
+    /// section's lines without the label).
+    fn stanza_with_body(&self, package: &Package, body: &Range<usize>) -> String {
+        let mut out = format!("@ {}\n", package.name);
+        for r in &package.shared_entries {
+            out.push_str(&self.text[r.clone()]);
+        }
+        out.push_str(&self.text[body.clone()]);
+        out
+    }
+
+    /// The stanza text that makes setup install `package`'s current version:
+    /// the current section verbatim, or rebuilt when it came from `[curr]`.
+    pub fn current_stanza_text(&self, package: &Package) -> std::borrow::Cow<'_, str> {
+        match &package.current_body {
+            Some(body) => self.stanza_with_body(package, body).into(),
+            None => self.stanza_text(package).into(),
+        }
+    }
+
+    /// The stanza text that makes setup install `package`'s test version as
+    /// if it were current (setup then needs no `--allow-test-packages`, and
+    /// `-P name` picks it): `@ name`, the stanza-level entries, then the
+    /// `[test]` section's lines without the label.
+    pub fn test_stanza_text(&self, package: &Package) -> Option<String> {
+        let test = package.test.as_ref()?;
+        Some(self.stanza_with_body(package, &test.body))
     }
 
     pub fn header_text(&self) -> &str {
@@ -297,13 +407,72 @@ struct Parsed {
     packages: Vec<Package>,
 }
 
-/// Per-stanza state: fields seen in the current section, raw `requires:`
-/// and `depends2:` kept apart until the stanza ends.
-struct Stanza {
-    pkg: Package,
+/// What a section holds, by its label as setup's lexer (`inilex.ll`) names
+/// them: none or `[curr]` is the current version, `[test]` and `[exp]` the
+/// test version, anything else (`[prev]`, ...) a version never installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SectionKind {
+    Current,
+    Test,
+    Other,
+}
+
+impl SectionKind {
+    fn of_label(label: &str) -> Self {
+        match label {
+            "curr" => Self::Current,
+            "test" | "exp" => Self::Test,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// The version-specific fields of the section being read.
+#[derive(Default)]
+struct SectionFields {
+    version: Option<String>,
+    install: Option<Archive>,
+    source: Option<Archive>,
     requires: Option<Vec<Dependency>>,
     depends2: Option<Vec<Dependency>>,
-    in_current: bool,
+    provides: Option<Vec<String>>,
+    obsoletes: Option<Vec<Dependency>>,
+    entries: usize,
+}
+
+/// Per-stanza state while its sections are read.
+struct Stanza {
+    pkg: Package,
+    kind: SectionKind,
+    /// The open section's `[label]` and its line; `None` for the unlabelled one.
+    label: Option<(String, usize)>,
+    /// Where the open section's lines (after its label) start.
+    body_start: usize,
+    fields: SectionFields,
+    /// The last dependency list read; a section without one inherits it,
+    /// as setup's `IniDBBuilderPackage` keeps it across sections.
+    last_depends: Vec<Dependency>,
+    any_version: bool,
+    any_depends: bool,
+}
+
+/// Keys whose value belongs to one version, not to the package (setup's
+/// `IniDBBuilderPackage::process()` resets these per version).
+fn is_version_key(key: &str) -> bool {
+    [
+        "version",
+        "install",
+        "source",
+        "depends",
+        "depends2",
+        "requires",
+        "provides",
+        "obsoletes",
+        "conflicts",
+        "build-depends",
+    ]
+    .iter()
+    .any(|k| key.eq_ignore_ascii_case(k))
 }
 
 struct Parser<'a> {
@@ -316,6 +485,8 @@ struct Entry<'a> {
     key: &'a str,
     value: &'a str,
     line: usize,
+    /// The entry's lines, newline included.
+    range: Range<usize>,
 }
 
 impl<'a> Parser<'a> {
@@ -365,7 +536,7 @@ impl<'a> Parser<'a> {
                     header_end = Some(line_start);
                 }
                 if let Some(done) = current.take() {
-                    packages.push(self.finish(done, line_start)?);
+                    packages.push(self.finish(done, line_start, false)?);
                 }
                 current = Some(Stanza {
                     pkg: Package {
@@ -382,10 +553,18 @@ impl<'a> Parser<'a> {
                         provides: Vec::new(),
                         obsoletes: Vec::new(),
                         text_range: line_start..line_start,
+                        test: None,
+                        other_versions: Vec::new(),
+                        shared_entries: Vec::new(),
+                        current_body: None,
                     },
-                    requires: None,
-                    depends2: None,
-                    in_current: true,
+                    kind: SectionKind::Current,
+                    label: None,
+                    body_start: pos,
+                    fields: SectionFields::default(),
+                    last_depends: Vec::new(),
+                    any_version: false,
+                    any_depends: false,
                 });
                 continue;
             }
@@ -396,13 +575,17 @@ impl<'a> Parser<'a> {
                         format!("version section {trimmed:?} before any `@ package` line"),
                     ));
                 };
-                if !trimmed.trim_end().ends_with(']') {
+                let Some(label) = trimmed
+                    .trim_end()
+                    .strip_prefix('[')
+                    .and_then(|l| l.strip_suffix(']'))
+                else {
                     return Err(self.err(line_no, format!("bad version section {trimmed:?}")));
-                }
-                if stanza.in_current {
-                    stanza.in_current = false;
-                    stanza.pkg.text_range.end = line_start;
-                }
+                };
+                self.close_section(stanza, line_start);
+                stanza.kind = SectionKind::of_label(label);
+                stanza.label = Some((label.to_string(), line_no));
+                stanza.body_start = pos;
                 continue;
             }
 
@@ -459,6 +642,7 @@ impl<'a> Parser<'a> {
                 key,
                 value: text[value_start..value_end].trim(),
                 line: entry_line,
+                range: line_start..pos,
             };
 
             match current.as_mut() {
@@ -468,7 +652,7 @@ impl<'a> Parser<'a> {
         }
 
         if let Some(done) = current.take() {
-            packages.push(self.finish(done, text.len())?);
+            packages.push(self.finish(done, text.len(), true)?);
         }
         let header_end = header_end.unwrap_or(text.len());
         Ok(Parsed {
@@ -479,26 +663,16 @@ impl<'a> Parser<'a> {
     }
 
     fn apply(&self, stanza: &mut Stanza, e: &Entry<'_>) -> Result<(), ParseError> {
-        let is_archive = e.key == "install" || e.key == "source";
-        if !stanza.in_current {
-            // Only the current version counts, but a malformed archive line
-            // anywhere means the index is damaged.
-            if is_archive {
-                self.archive(e)?;
-            }
-            return Ok(());
-        }
-        let pkg = &mut stanza.pkg;
+        stanza.fields.entries += 1;
+        let unlabelled = stanza.label.is_none();
+        let f = &mut stanza.fields;
         match e.key {
-            "sdesc" => pkg.sdesc = Some(unquote(e.value).to_string()),
-            "ldesc" => pkg.ldesc = Some(unquote(e.value).to_string()),
-            "message" => pkg.message = Some(e.value.to_string()),
-            "category" => pkg.categories = e.value.split_whitespace().map(str::to_string).collect(),
-            "version" => pkg.version = Some(e.value.to_string()),
-            "install" => pkg.install = Some(self.archive(e)?),
-            "source" => pkg.source = Some(self.archive(e)?),
+            "version" => f.version = Some(e.value.to_string()),
+            // A malformed archive line anywhere means the index is damaged.
+            "install" => f.install = Some(self.archive(e)?),
+            "source" => f.source = Some(self.archive(e)?),
             "requires" => {
-                stanza.requires = Some(
+                f.requires = Some(
                     e.value
                         .split_whitespace()
                         .map(|name| Dependency {
@@ -508,40 +682,123 @@ impl<'a> Parser<'a> {
                         .collect(),
                 )
             }
-            "depends2" => stanza.depends2 = Some(self.dependency_list(e)?),
-            "obsoletes" => pkg.obsoletes = self.dependency_list(e)?,
+            "depends2" => f.depends2 = Some(self.dependency_list(e)?),
+            "obsoletes" => f.obsoletes = Some(self.dependency_list(e)?),
             "provides" => {
-                pkg.provides = self
-                    .dependency_list(e)?
-                    .into_iter()
-                    .map(|d| d.name)
-                    .collect()
+                f.provides = Some(
+                    self.dependency_list(e)?
+                        .into_iter()
+                        .map(|d| d.name)
+                        .collect(),
+                )
             }
-            _ => {}
+            _ if !unlabelled => {}
+            key => {
+                // Descriptions and categories belong to the package; only
+                // the unlabelled section's are read, as before any label.
+                let pkg = &mut stanza.pkg;
+                match key {
+                    "sdesc" => pkg.sdesc = Some(unquote(e.value).to_string()),
+                    "ldesc" => pkg.ldesc = Some(unquote(e.value).to_string()),
+                    "message" => pkg.message = Some(e.value.to_string()),
+                    "category" => {
+                        pkg.categories = e.value.split_whitespace().map(str::to_string).collect()
+                    }
+                    _ => {}
+                }
+                if !is_version_key(key) {
+                    pkg.shared_entries.push(e.range.clone());
+                }
+            }
         }
         Ok(())
     }
 
-    fn finish(&self, mut stanza: Stanza, end: usize) -> Result<Package, ParseError> {
-        if stanza.in_current {
-            stanza.pkg.text_range.end = end;
+    /// Files the open section's fields as the version its label says.
+    fn close_section(&self, stanza: &mut Stanza, end: usize) {
+        let f = std::mem::take(&mut stanza.fields);
+        let own = f.depends2.or(f.requires);
+        stanza.any_depends |= own.is_some();
+        stanza.any_version |= f.version.is_some();
+        if let Some(own) = own {
+            stanza.last_depends = own;
         }
-        let mut pkg = stanza.pkg;
-        if pkg.version.is_none() {
-            let hint = if end == self.text.len() {
-                " (the index may be truncated: it is the last package in the file)"
-            } else {
-                ""
-            };
-            return Err(self.err(
-                pkg.line,
-                format!(
-                    "package {} has no `version:` line in its current section{hint}",
-                    pkg.name
-                ),
-            ));
+        let depends = stanza.last_depends.clone();
+        let pkg = &mut stanza.pkg;
+        if stanza.label.is_none() {
+            pkg.text_range.end = end;
         }
-        pkg.depends = stanza.depends2.or(stanza.requires).unwrap_or_default();
+        // Several sections of one kind: the highest version wins, a tie goes
+        // to the later one (setup's `packagemeta::add_version`).
+        let supersedes = |new: &Option<String>, old: Option<&str>| match (new, old) {
+            (Some(new), Some(old)) => compare_versions(new, old).is_ge(),
+            (_, None) => true,
+            (None, Some(_)) => false,
+        };
+        match stanza.kind {
+            SectionKind::Current if supersedes(&f.version, pkg.version.as_deref()) => {
+                pkg.other_versions.extend(pkg.version.take());
+                pkg.version = f.version;
+                pkg.install = f.install;
+                pkg.source = f.source;
+                pkg.depends = depends;
+                pkg.provides = f.provides.unwrap_or_default();
+                pkg.obsoletes = f.obsoletes.unwrap_or_default();
+                pkg.current_body = stanza.label.as_ref().map(|_| stanza.body_start..end);
+            }
+            SectionKind::Test
+                if f.install.is_some()
+                    && supersedes(&f.version, pkg.test.as_ref().map(|t| t.version.as_str())) =>
+            {
+                if let (Some(version), Some(install)) = (f.version, f.install) {
+                    pkg.other_versions
+                        .extend(pkg.test.take().map(|t| t.version));
+                    pkg.test = Some(Version {
+                        version,
+                        install,
+                        source: f.source,
+                        depends,
+                        provides: f.provides.unwrap_or_default(),
+                        obsoletes: f.obsoletes.unwrap_or_default(),
+                        line: stanza.label.as_ref().map_or(pkg.line, |l| l.1),
+                        body: stanza.body_start..end,
+                    });
+                }
+            }
+            _ => pkg.other_versions.extend(f.version),
+        }
+    }
+
+    fn finish(&self, mut stanza: Stanza, end: usize, last: bool) -> Result<Package, ParseError> {
+        let empty_label = match &stanza.label {
+            Some((label, line)) if stanza.fields.entries == 0 => Some((label.clone(), *line)),
+            _ => None,
+        };
+        self.close_section(&mut stanza, end);
+        let pkg = stanza.pkg;
+        // Mid-file, a stanza without any version is a stub the closure
+        // rejects only if it needs it; at the end of the file the same shape
+        // is what a cut at a line boundary leaves.
+        if last {
+            if let Some((label, line)) = empty_label {
+                return Err(self.err(
+                    line,
+                    format!(
+                        "section [{label}] of package {} is empty and ends the file: the index is truncated (download it again)",
+                        pkg.name
+                    ),
+                ));
+            }
+            if !stanza.any_version && !stanza.any_depends {
+                return Err(self.err(
+                    pkg.line,
+                    format!(
+                        "package {} has no `version:` and no dependency list in any section and ends the file: the index is truncated (download it again)",
+                        pkg.name
+                    ),
+                ));
+            }
+        }
         Ok(pkg)
     }
 
@@ -872,6 +1129,7 @@ mod tests {
             "{err}"
         );
 
+        // A cut at a line boundary inside the last stanza.
         let err = parse("@ a\nversion: 1\n@ b\nsdesc: \"B\"\n")
             .unwrap_err()
             .to_string();
@@ -880,6 +1138,103 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("truncated"), "{err}");
+        let err = parse("@ a\nversion: 1\n@ b\n").unwrap_err().to_string();
+        assert!(err.starts_with("test.ini:3: package b"), "{err}");
+        assert!(err.contains("truncated"), "{err}");
+        let err = parse("@ a\nversion: 1\n[prev]\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.ini:3: section [prev] of package a is empty"),
+            "{err}"
+        );
+        assert!(err.contains("truncated"), "{err}");
+
+        // The same shapes mid-file are stubs, and a stub that names its
+        // replacement may end the file.
+        let ini = parse("@ a\nsdesc: \"A\"\n\n@ b\n[prev]\n@ c\nversion: 1\n").unwrap();
+        assert_eq!(ini.packages.len(), 3);
+        let ini = parse("@ a\nversion: 1\n@ stub\nrequires: a\n").unwrap();
+        assert_eq!(ini.package("stub").unwrap().version, None);
+    }
+
+    #[test]
+    fn stanzas_without_a_current_version_parse() {
+        let ini = parse(&format!(
+            "@ byobu\nsdesc: \"Byobu\"\ncategory: Utils\n[test]\nversion: 6.13-1\ninstall: noarch/byobu-6.13-1.tar.xz 7 {H512}\ndepends2: tmux\n[test]\nversion: 6.12-1\ninstall: noarch/byobu-6.12-1.tar.xz 6 {H512}\n\n@ curl-devel\nsdesc: \"Obsolete\"\ncategory: _obsolete\nrequires: libcurl-devel\n\n@ oldonly\n[prev]\nversion: 1-1\ninstall: o/oldonly-1-1.tar.xz 1 {H512}\nrequires: x\n\n@ tmux\nversion: 3.5-1\ninstall: t/tmux-3.5-1.tar.xz 5 {H512}\n"
+        ))
+        .unwrap();
+        assert_eq!(ini.packages.len(), 4);
+        let byobu = ini.package("byobu").unwrap();
+        assert_eq!(byobu.version, None);
+        assert!(!byobu.has_current());
+        assert_eq!(byobu.categories, ["Utils"]);
+        let test = byobu.test.as_ref().unwrap();
+        // The highest of several [test] versions, wherever it stands.
+        assert_eq!(test.version, "6.13-1");
+        assert_eq!(test.install.path, "noarch/byobu-6.13-1.tar.xz");
+        assert_eq!(test.depends[0].name, "tmux");
+        assert_eq!(test.line, 4);
+        assert_eq!(byobu.other_versions, ["6.12-1"]);
+
+        let stub = ini.package("curl-devel").unwrap();
+        assert_eq!((stub.version.as_ref(), stub.test.is_some()), (None, false));
+        assert_eq!(stub.depends[0].name, "libcurl-devel");
+        let old = ini.package("oldonly").unwrap();
+        assert_eq!(
+            (old.version.as_ref(), &old.other_versions[..]),
+            (None, &["1-1".to_string()][..])
+        );
+        // Only current versions provide and are found as providers.
+        assert!(ini.providers("libcurl-devel").is_empty());
+    }
+
+    #[test]
+    fn labels_mean_what_they_mean_to_setup() {
+        let ini = parse(&format!(
+            "@ a\nsdesc: \"A\"\nversion: 2\ninstall: a-2.tar.xz 2 {H512}\nrequires: b c\n[prev]\nversion: 1\ninstall: a-1.tar.xz 1 {H512}\n[exp]\nversion: 3\ninstall: a-3.tar.xz 3 {H512}\n\n@ b\n[curr]\nversion: 1\ninstall: b-1.tar.xz 1 {H512}\n[test]\nversion: 2\n\n@ c\nversion: 1\n"
+        ))
+        .unwrap();
+        let a = ini.package("a").unwrap();
+        assert_eq!(a.version.as_deref(), Some("2"));
+        // [exp] is a test version; it inherits the dependencies read before
+        // it when it names none (the 2016 index's [test] sections do).
+        let t = a.test.as_ref().unwrap();
+        assert_eq!(t.version, "3");
+        let deps: Vec<&str> = t.depends.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(deps, ["b", "c"]);
+        assert_eq!(a.other_versions, ["1"]);
+        let b = ini.package("b").unwrap();
+        assert_eq!(b.version.as_deref(), Some("1"));
+        assert_eq!(b.install.as_ref().unwrap().path, "b-1.tar.xz");
+        // A test section without `install:` offers nothing (setup drops it).
+        assert!(b.test.is_none());
+        assert_eq!(
+            ini.current_stanza_text(b),
+            format!("@ b\nversion: 1\ninstall: b-1.tar.xz 1 {H512}\n")
+        );
+    }
+
+    #[test]
+    fn a_test_version_is_rewritten_as_the_current_one() {
+        let ini = parse(&format!(
+            "@ a\nsdesc: \"A\"\nldesc: \"Long\n[test]\nstill text\"\nversion: 1\ninstall: a-1.tar.xz 1 {H512}\ndepends2: old\ncategory: Devel\nmessage: a \"Note\"\n[prev]\nversion: 0\n[test]\nversion: 2\ninstall: a-2.tar.xz 2 {H512}\ndepends2: new\n"
+        ))
+        .unwrap();
+        let a = ini.package("a").unwrap();
+        let text = ini.test_stanza_text(a).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "@ a\nsdesc: \"A\"\nldesc: \"Long\n[test]\nstill text\"\ncategory: Devel\nmessage: a \"Note\"\nversion: 2\ninstall: a-2.tar.xz 2 {H512}\ndepends2: new\n"
+            )
+        );
+        let again = parse(&text).unwrap();
+        let a2 = again.package("a").unwrap();
+        assert_eq!(a2.version.as_deref(), Some("2"));
+        assert!(a2.test.is_none());
+        assert_eq!(a2.depends[0].name, "new");
+        assert_eq!(a2.categories, ["Devel"]);
+        assert_eq!(a2.ldesc.as_deref(), Some("Long\n[test]\nstill text"));
+        assert!(ini.test_stanza_text(ini.package("a").unwrap()).is_some());
     }
 
     #[test]

@@ -314,7 +314,7 @@ pub fn build(config: &Config, out: &Path, image: Option<&WimImage>) -> Result<Me
                 .iter()
                 .map(|&i| PackageEntry {
                     name: index.packages[i].name.clone(),
-                    version: index.packages[i].version.clone().unwrap_or_default(),
+                    version: closure.version(&index, i).unwrap_or_default().to_string(),
                 })
                 .collect(),
             archive_bytes: local.total_bytes(),
@@ -386,9 +386,8 @@ fn media_id(
     h.update(secrets.client_public_key());
     h.update(secrets.host_public_key());
     for &i in &closure.packages {
-        let p = &index.packages[i];
-        h.update(&p.name);
-        if let Some(a) = &p.install {
+        h.update(&index.packages[i].name);
+        if let Some(a) = closure.install(index, i) {
             h.update(&a.hash);
         }
     }
