@@ -727,16 +727,35 @@ impl PackageName {
 impl FromStr for PackageName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.chars()
+        // `name=test` asks for the package's test version (docs/cygwin.md).
+        let (name, version) = match s.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (s, None),
+        };
+        let ok = !name.is_empty()
+            && name
+                .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
-        if ok {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(format!(
+        if !ok {
+            return Err(format!(
                 "package name {s:?} is not a valid Cygwin package name"
-            ))
+            ));
         }
+        match version {
+            None | Some("test") => Ok(Self(s.to_string())),
+            Some(v) => Err(format!(
+                "package {s:?}: only `{name}=test` (its test version) can follow the name, not {v:?}"
+            )),
+        }
+    }
+}
+
+impl PackageName {
+    /// The package's name without a `=test` request: what Cygwin's setup
+    /// is given, since the mirror's setup.ini offers the requested test
+    /// version as the current one.
+    pub fn name(&self) -> &str {
+        self.0.split_once('=').map_or(&self.0, |(n, _)| n)
     }
 }
 

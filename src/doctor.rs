@@ -84,6 +84,7 @@ pub fn run_checks(image_dir: &Path) -> Vec<Check> {
         check_busybox(),
         check_kernel(Path::new("/boot"), Path::new("/lib/modules")),
         check_ovmf(Path::new(crate::vm::qemu::OVMF_CODE_4M)),
+        check_grub(),
         check_accel(),
         check_disk(image_dir),
     ]
@@ -206,7 +207,37 @@ fn check_kernel(boot: &Path, modules: &Path) -> Check {
     }
 }
 
-/// UEFI firmware: needed only for Windows guests with firmware = "uefi".
+/// GRUB's image tools and both platforms' modules: the linux-standin's
+/// installer ISO and disk boot loader are made with them.
+fn check_grub() -> Check {
+    use crate::guest::installer_iso::{GRUB_MKIMAGE, GRUB_MKRESCUE, GRUB_PLATFORMS};
+    let mut lacking: Vec<&str> = Vec::new();
+    for program in [GRUB_MKRESCUE, GRUB_MKIMAGE] {
+        if program.find().is_none() && !lacking.contains(&program.package) {
+            lacking.push(program.package);
+        }
+    }
+    for (dir, package) in GRUB_PLATFORMS {
+        if !Path::new(dir).is_dir() {
+            lacking.push(package);
+        }
+    }
+    if lacking.is_empty() {
+        Check::new(Status::Ok, "GRUB (stand-in boot)", "BIOS and UEFI images")
+    } else {
+        Check::new(
+            Status::Warn,
+            "GRUB (stand-in boot)",
+            format!(
+                "the linux-standin guest boots through GRUB: install package(s) {}",
+                lacking.join(" ")
+            ),
+        )
+    }
+}
+
+/// UEFI firmware: needed for guests with firmware = "uefi" (the default
+/// from Windows 8.1 on, and for the linux-standin standing in for them).
 fn check_ovmf(code: &Path) -> Check {
     if code.is_file() {
         Check::new(
@@ -219,7 +250,7 @@ fn check_ovmf(code: &Path) -> Check {
             Status::Warn,
             "UEFI firmware (OVMF)",
             format!(
-                "{} not found; UEFI Windows guests need it: install package {}",
+                "{} not found; UEFI guests need it: install package {}",
                 code.display(),
                 crate::vm::qemu::OVMF_PACKAGE
             ),

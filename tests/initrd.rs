@@ -5,7 +5,7 @@
 //! real vde_switch with real smbd and dropbear; they are `#[ignore]`d so
 //! `cargo test` stays fast, and `.ci/run` runs them with `--include-ignored`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -279,18 +279,6 @@ impl Proc {
             _stdin: stdin,
         }
     }
-
-    /// Waits for the process to exit by itself.
-    fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
-        let end = Instant::now() + deadline;
-        while Instant::now() < end {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
 }
 
 impl Drop for Proc {
@@ -369,8 +357,6 @@ fn add_nic(cmd: &mut Command, switch: &Path, mac: &str) {
 /// A running controller VM and its host-side directories.
 struct Controller {
     _qemu: Proc,
-    inputs: PathBuf,
-    outputs: PathBuf,
     serial_log: PathBuf,
     agent_sock: PathBuf,
 }
@@ -422,8 +408,6 @@ fn start_controller(dir: &Path, switch: &Path, parts: &HostParts) -> Controller 
     );
     Controller {
         _qemu: qemu,
-        inputs,
-        outputs,
         serial_log,
         agent_sock,
     }
@@ -522,284 +506,4 @@ fn controller_boots_and_reports_ready() {
         !serial.contains(SAMBA_PASSWORD),
         "the password reached the console"
     );
-}
-
-/// Media the way cygvm's media step lays them out, made with mtools and xorriso.
-struct Media {
-    floppy: PathBuf,
-    iso: PathBuf,
-    disk: PathBuf,
-}
-
-fn make_media(dir: &Path, selftest_credentials: bool) -> Media {
-    let floppy = dir.join("floppy.img");
-    run_ok(
-        Command::new("mformat")
-            .args(["-C", "-f", "1440", "-v", "CYGVM", "-i"])
-            .arg(&floppy)
-            .arg("::"),
-    );
-    let answer = dir.join("autounattend.xml");
-    std::fs::write(&answer, "<unattend/>\n").unwrap();
-    run_ok(
-        Command::new("mcopy")
-            .arg("-i")
-            .arg(&floppy)
-            .arg(&answer)
-            .arg("::"),
-    );
-
-    let tree = dir.join("iso-tree");
-    std::fs::create_dir_all(tree.join("cygvm")).unwrap();
-    std::fs::write(tree.join("CYGVM.TAG"), "cygvm\n").unwrap();
-    let key = dir.join("hostkey");
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
-            .arg(&key),
-    );
-    std::fs::copy(&key, tree.join("cygvm/ssh_host_ed25519_key")).unwrap();
-    let client = dir.join("client");
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "client", "-f"])
-            .arg(&client),
-    );
-    std::fs::copy(
-        client.with_extension("pub"),
-        tree.join("cygvm/authorized_keys"),
-    )
-    .unwrap();
-    std::fs::write(
-        tree.join("cygvm/standin.conf"),
-        "ADDR=192.168.0.1/24\nCONTROLLER=192.168.0.2\nUSER=cygvm\n",
-    )
-    .unwrap();
-    if selftest_credentials {
-        std::fs::write(
-            tree.join("cygvm/selftest-credentials"),
-            format!("username=cygvm\npassword={SAMBA_PASSWORD}\n"),
-        )
-        .unwrap();
-        std::fs::copy(&client, tree.join("cygvm/selftest-client-key")).unwrap();
-        let host_pub = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let mut fields = host_pub.split_whitespace();
-        let (kind, blob) = (fields.next().unwrap(), fields.next().unwrap());
-        std::fs::write(
-            tree.join("cygvm/selftest-known-hosts"),
-            format!("127.0.0.1 {kind} {blob}\n"),
-        )
-        .unwrap();
-    }
-    let iso = dir.join("cygwin.iso");
-    run_ok(
-        Command::new("xorriso")
-            .args(["-as", "mkisofs", "-quiet", "-J", "-R", "-V", "CYGWIN", "-o"])
-            .arg(&iso)
-            .arg(&tree),
-    );
-    let disk = dir.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    Media { floppy, iso, disk }
-}
-
-fn standin_qemu(
-    parts: &HostParts,
-    initrd: &Path,
-    media: &Media,
-    append: &str,
-    serial_log: &Path,
-) -> Command {
-    let mut cmd = qemu_base(&boot_kernel(parts), initrd, append, serial_log);
-    cmd.arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=raw",
-            media.disk.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=floppy,format=raw,readonly=on",
-            media.floppy.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},media=cdrom,if=ide,readonly=on",
-            media.iso.display()
-        ));
-    cmd
-}
-
-/// Reads a file from an ext2 image with debugfs-free tools: busybox-free,
-/// through e2fsprogs' `debugfs -R cat`.
-fn read_from_disk(disk: &Path, path: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {path}")])
-        .arg(disk)
-        .output()
-        .expect("debugfs (e2fsprogs)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn install_standin(dir: &Path, parts: &HostParts, media: &Media) -> (Duration, String) {
-    let initrd = controller::standin_initrd(parts)
-        .unwrap()
-        .build_cached(&dir.join("cache"))
-        .unwrap();
-    let serial = dir.join("install.serial.log");
-    let mut cmd = standin_qemu(
-        parts,
-        &initrd.path,
-        media,
-        "console=ttyS0 quiet cygvm.phase=install",
-        &serial,
-    );
-    let start = Instant::now();
-    let mut qemu = Proc::spawn("stand-in install", &mut cmd, &dir.join("install.qemu.log"));
-    let status = qemu.wait_exit(Duration::from_secs(120));
-    assert!(
-        status.is_some(),
-        "the stand-in did not power off; serial log:\n{}",
-        tail(&serial)
-    );
-    (start.elapsed(), std::fs::read_to_string(&serial).unwrap())
-}
-
-/// The stand-in's install phase finds the ISO by its marker, reads the
-/// floppy, formats the disk, keeps the SSH setup and a status there, and
-/// powers off by itself.
-#[test]
-#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
-fn standin_install_writes_disk_and_powers_off() {
-    let parts = parts();
-    let dir = tempfile::tempdir().unwrap();
-    let media = make_media(dir.path(), false);
-    let (took, serial) = install_standin(dir.path(), &parts, &media);
-    println!(
-        "stand-in install powered off after {:.1} s",
-        took.as_secs_f64()
-    );
-    assert!(serial.contains("cygvm-standin: install ok"), "{serial}");
-    assert!(
-        serial.contains("autounattend.xml"),
-        "floppy not read:\n{serial}"
-    );
-    assert_eq!(read_from_disk(&media.disk, "/cygvm/status").trim(), "ok");
-    assert!(read_from_disk(&media.disk, "/cygvm/authorized_keys").contains("client"));
-    assert!(read_from_disk(&media.disk, "/cygvm/install.log").contains("install ok"));
-    let key = read_from_disk(&media.disk, "/cygvm/dropbear_ed25519_host_key");
-    assert!(key.len() > 32, "dropbear host key missing");
-}
-
-/// A failed install still powers off and leaves its failure on the disk.
-#[test]
-#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
-fn standin_install_without_marker_reports_failure() {
-    let parts = parts();
-    let dir = tempfile::tempdir().unwrap();
-    let media = make_media(dir.path(), false);
-    let initrd = controller::standin_initrd(&parts)
-        .unwrap()
-        .build_cached(&dir.path().join("cache"))
-        .unwrap();
-    let serial = dir.path().join("install.serial.log");
-    let mut cmd = standin_qemu(
-        &parts,
-        &initrd.path,
-        &media,
-        "console=ttyS0 quiet cygvm.phase=install cygvm.marker=NOT-THERE.TAG",
-        &serial,
-    );
-    let mut qemu = Proc::spawn("stand-in install", &mut cmd, &dir.path().join("q.log"));
-    assert!(
-        qemu.wait_exit(Duration::from_secs(120)).is_some(),
-        "{}",
-        tail(&serial)
-    );
-    let status = read_from_disk(&media.disk, "/cygvm/status");
-    assert!(status.starts_with("failed: media"), "{status:?}");
-}
-
-/// The stand-in and the controller on one switch: the guest mounts the
-/// controller's shares with the helper (credentials on stdin), reads a file
-/// the host put in inputs, cannot write to inputs, writes to outputs (the
-/// file appears on the host), and an unauthenticated (guest) mount is refused.
-#[test]
-#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
-fn standin_mounts_controller_shares() {
-    let parts = parts();
-    let dir = tempfile::tempdir().unwrap();
-    let media = make_media(dir.path(), true);
-    let (_, serial) = install_standin(dir.path(), &parts, &media);
-    assert!(serial.contains("install ok"), "{serial}");
-
-    let (_switch, sock) = vde_switch(dir.path());
-    let c = start_controller(dir.path(), &sock, &parts);
-    std::fs::write(c.inputs.join("probe"), "probe-4711\n").unwrap();
-
-    let initrd = controller::standin_initrd(&parts)
-        .unwrap()
-        .build_cached(&dir.path().join("cache"))
-        .unwrap();
-    let guest_serial = dir.path().join("boot.serial.log");
-    let mut cmd = standin_qemu(
-        &parts,
-        &initrd.path,
-        &media,
-        "console=ttyS0 quiet cygvm.phase=boot cygvm.selftest=1",
-        &guest_serial,
-    );
-    add_nic(&mut cmd, &sock, "52:54:00:12:01:01");
-    let took = wait_ready(&c, Duration::from_secs(90));
-    println!("controller ready after {:.1} s", took.as_secs_f64());
-    let mut guest = Proc::spawn("stand-in boot", &mut cmd, &dir.path().join("boot.qemu.log"));
-    assert!(
-        guest.wait_exit(Duration::from_secs(180)).is_some(),
-        "self-test did not finish; guest:\n{}\ncontroller:\n{}",
-        tail(&guest_serial),
-        tail(&c.serial_log)
-    );
-    let log = std::fs::read_to_string(&guest_serial).unwrap();
-    let expect = |line: &str| assert!(log.contains(line), "no {line:?} in:\n{log}");
-    println!(
-        "{}",
-        line_starting(&log, "cygvm-standin: ready: ssh on 192.168.0.1:22")
-    );
-    expect("selftest: guest-mount: refused");
-    expect("selftest: wrong-password: refused");
-    // dropbear on IPv4 and IPv6 port 22, nothing else.
-    assert_eq!(
-        line_starting(&log, "cygvm-standin: selftest: listeners:"),
-        "cygvm-standin: selftest: listeners: 0.0.0.0:22 :::22"
-    );
-    expect("selftest: ssh banner: SSH-2.0-dropbear");
-    // Key login, pinned host key (converted at install) and exit status.
-    expect("selftest: ssh exit status: 7, said: ssh-login: cygvm in /home/cygvm");
-    expect("selftest: mount: ok");
-    expect("selftest: probe: probe-4711");
-    expect("selftest: inputs-write: refused");
-    expect("selftest: inputs-write-rw-mount: refused");
-    expect("selftest: outputs-write: ok");
-    expect("selftest: done");
-    assert!(!c.inputs.join("guest-wrote").exists());
-    // smbd listens on the private address only.
-    let controller_log = std::fs::read_to_string(&c.serial_log).unwrap();
-    assert_eq!(
-        line_starting(&controller_log, "cygvm-controller: listening on"),
-        "cygvm-controller: listening on 192.168.0.2:445"
-    );
-    assert_eq!(
-        std::fs::read_to_string(c.outputs.join("from-guest")).unwrap(),
-        "written by the guest\n"
-    );
-    let mut f = std::fs::File::open(&guest_serial).unwrap();
-    let mut all = String::new();
-    f.read_to_string(&mut all).unwrap();
-    assert!(
-        !all.contains(SAMBA_PASSWORD),
-        "the password reached the console"
-    );
-    let _ = std::io::stdout().flush();
 }

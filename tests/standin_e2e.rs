@@ -101,6 +101,12 @@ fn inputs_are_read_only_the_network_is_private_and_samba_wants_a_password() {
         else
             echo anonymous-smb: refused
         fi
+        if mount -t cifs -o vers=3.0,username=cygvm,password=wrong //192.168.0.2/inputs /mnt/anon 2>/dev/null; then
+            echo wrong-password: allowed; umount /mnt/anon
+        else
+            echo wrong-password: refused
+        fi
+        echo "listeners: $(netstat -ltn | awk '/LISTEN/ {print $4}' | sort | tr '\n' ' ')"
     "#;
     let out = ws.run(
         &["--cold", "--input", input.to_str().unwrap()],
@@ -127,6 +133,10 @@ fn inputs_are_read_only_the_network_is_private_and_samba_wants_a_password() {
     );
     assert!(stdout.contains("controller: reachable"), "{stdout}");
     assert!(stdout.contains("anonymous-smb: refused"), "{stdout}");
+    assert!(stdout.contains("wrong-password: refused"), "{stdout}");
+    // sshd on port 22 is the guest's only listener.
+    let listeners = stdout.lines().find(|l| l.starts_with("listeners:")).unwrap();
+    assert_eq!(listeners.trim_end(), "listeners: 0.0.0.0:22 :::22");
 }
 
 #[test]

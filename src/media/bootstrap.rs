@@ -34,7 +34,7 @@ pub fn bootstrap_files(ctx: &MediaContext) -> Vec<(String, Vec<u8>)> {
 /// types or `check_context` to hold no cmd metacharacters.
 pub fn config_cmd(ctx: &MediaContext) -> String {
     let c = ctx.config;
-    let packages: Vec<&str> = c.cygwin.packages.iter().map(|p| p.as_str()).collect();
+    let packages: Vec<&str> = c.cygwin.packages.iter().map(|p| p.name()).collect();
     let shutdown = if c.guest.version.uses_winnt_sif() {
         "shutdown.exe -s -t 0"
     } else {
