@@ -37,12 +37,15 @@ fn install_then_run_returns_status_output_and_files() {
             .count(),
         3
     );
+    // Windows 11's device set and firmware: q35 (AHCI, e1000) and OVMF.
     assert!(
-        manifest["machine"]
-            .as_str()
-            .unwrap()
-            .starts_with("pc-i440fx")
+        manifest["machine"].as_str().unwrap().starts_with("pc-q35"),
+        "{manifest}"
     );
+    let argv = manifest["device_argv"].to_string();
+    assert!(argv.contains("if=pflash"), "{argv}");
+    assert!(argv.contains("e1000,"), "{argv}");
+    assert!(argv.contains("ide-hd,drive=disk0"), "{argv}");
     let disk_before = std::fs::read(generation.join("disk.qcow2")).unwrap();
 
     let input = ws.path().join("in-dir");
@@ -89,6 +92,8 @@ fn inputs_are_read_only_the_network_is_private_and_samba_wants_a_password() {
     let input = ws.path().join("ro-in");
     std::fs::create_dir_all(&input).unwrap();
     std::fs::write(input.join("keep"), "unchanged").unwrap();
+    // The right password, to show SMB1 is refused for what it is.
+    std::fs::copy(ws.image().join("secrets/samba_password"), input.join("pw")).unwrap();
     let script = r#"
         if echo x > /inputs/keep 2>/dev/null; then echo inputs-write: allowed; else echo inputs-write: refused; fi
         if touch /inputs/new 2>/dev/null; then echo inputs-create: allowed; else echo inputs-create: refused; fi
@@ -107,6 +112,11 @@ fn inputs_are_read_only_the_network_is_private_and_samba_wants_a_password() {
             echo wrong-password: refused
         fi
         echo "listeners: $(netstat -ltn | awk '/LISTEN/ {print $4}' | sort | tr '\n' ' ')"
+        if mount -t cifs -o vers=1.0,username=cygvm,password="$(cat /inputs/pw)" //192.168.0.2/inputs /mnt/anon 2>/dev/null; then
+            echo smb1: allowed; umount /mnt/anon
+        else
+            echo smb1: refused
+        fi
     "#;
     let out = ws.run(
         &["--cold", "--input", input.to_str().unwrap()],
@@ -134,6 +144,8 @@ fn inputs_are_read_only_the_network_is_private_and_samba_wants_a_password() {
     assert!(stdout.contains("controller: reachable"), "{stdout}");
     assert!(stdout.contains("anonymous-smb: refused"), "{stdout}");
     assert!(stdout.contains("wrong-password: refused"), "{stdout}");
+    // Windows 11 speaks SMB2+ and NTLMv2: the controller offers nothing older.
+    assert!(stdout.contains("smb1: refused"), "{stdout}");
     // sshd on port 22 is the guest's only listener.
     let listeners = stdout.lines().find(|l| l.starts_with("listeners:")).unwrap();
     assert_eq!(listeners.trim_end(), "listeners: 0.0.0.0:22 :::22");
@@ -283,4 +295,81 @@ fn ctrl_c_during_boot_and_during_a_command_leaves_nothing() {
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
     assert!(ws.processes().is_empty(), "{:?}", ws.processes());
     assert!(ws.run_dirs().is_empty(), "{:?}", ws.run_dirs());
+}
+
+/// A BIOS install goes through SeaBIOS: the installer CD boots Setup at
+/// once on the blank disk, Setup restarts the machine, the CD's prompt
+/// passes without a key and the disk boots; only the power-off at the end
+/// of the first logon counts as installed. The image then revives and
+/// runs, and boots cold.
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn a_bios_install_restarts_once_then_revives_and_boots_cold() {
+    let _vm = vm_lock();
+    let ws = Workspace::new("bios", "firmware = \"bios\"\n");
+    let out = ws.install();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("the guest restarted (1)"), "{stderr}");
+    assert!(stderr.contains("powered off after 1 restart(s)"), "{stderr}");
+    let serial = std::fs::read_to_string(ws.generation(1).join("logs/guest-install.serial.log"))
+        .unwrap_or_default();
+    assert!(serial.contains("blank disk, starting Setup"), "{serial}");
+    assert!(serial.contains("no key, booting the next device"), "{serial}");
+    assert!(serial.contains("first logon finished: ok"), "{serial}");
+    let manifest = std::fs::read_to_string(ws.generation(1).join("manifest.json")).unwrap();
+    assert!(!manifest.contains("pflash"), "{manifest}");
+
+    let revived = ws.run(&[], &["sh", "-c", "cat ~/provisioned; exit 4"]);
+    assert_eq!(revived.status.code(), Some(4), "{}", text(&revived.stderr));
+    assert_eq!(text(&revived.stdout), "provisioned\n");
+    let cold = ws.run(&["--cold"], &["sh", "-c", "cat /cygdrive/c/cygvm/status.txt"]);
+    assert!(cold.status.success(), "{}", text(&cold.stderr));
+    assert_eq!(text(&cold.stdout).trim(), "ok");
+}
+
+/// `guest.version = "xp"`: the stand-in gets what XP gets: the `pc`
+/// machine with PIIX IDE, an RTL8139 NIC, BIOS, winnt.sif on the floppy
+/// (whose GuiRunOnce calls a script on the floppy), and a controller whose
+/// Samba speaks SMB1 with NTLMv1 to it.
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn an_xp_install_gets_xp_devices_winnt_sif_and_smb1() {
+    let _vm = vm_lock();
+    let ws = Workspace::new(
+        "xp",
+        "version = \"xp\"\nproduct_key = \"AAAAA-BBBBB-CCCCC-DDDDD-EEEEE\"\n",
+    );
+    let out = ws.install();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let serial = std::fs::read_to_string(ws.generation(1).join("logs/guest-install.serial.log"))
+        .unwrap_or_default();
+    assert!(
+        serial.contains("answer file: /mnt/floppy/winnt.sif"),
+        "{serial}"
+    );
+    let manifest = std::fs::read_to_string(ws.generation(1).join("manifest.json")).unwrap();
+    assert!(manifest.contains("pc-i440fx"), "{manifest}");
+    assert!(manifest.contains("rtl8139,"), "{manifest}");
+    let input = ws.path().join("xp-in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(ws.image().join("secrets/samba_password"), input.join("pw")).unwrap();
+    let script = r#"
+        echo "nic: $(basename "$(readlink /sys/class/net/eth0/device/driver)")"
+        for d in ahci ata_piix; do ls /sys/bus/pci/drivers/$d 2>/dev/null | grep -q 0000 && echo "disk controller: $d"; done
+        mkdir -p /mnt/x
+        if mount -t cifs -o vers=1.0,username=cygvm,password="$(cat /inputs/pw)" //192.168.0.2/inputs /mnt/x; then
+            echo smb1: allowed; umount /mnt/x
+        else
+            echo smb1: refused
+        fi
+    "#;
+    let run = ws.run(&["--input", input.to_str().unwrap()], &["sh", "-c", script]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
+    assert!(stdout.contains("nic: 8139cp"), "{stdout}");
+    assert!(stdout.contains("disk controller: ata_piix"), "{stdout}");
+    assert!(!stdout.contains("disk controller: ahci"), "{stdout}");
+    assert!(stdout.contains("smb1: allowed"), "{stdout}");
 }

@@ -272,8 +272,15 @@ pub fn build(parts: &InstallerParts, out: &Path) -> Result<()> {
         .arg(own.join("bootx64.efi"))
         .args(DISK_LOADER_MODULES);
     run(&mut efi, "grub-mkimage (EFI boot loader)")?;
-    let editions = standin_editions(parts.version);
-    if !editions.is_empty() {
+    if parts.version.uses_winnt_sif() {
+        // XP/2003 media: text-mode Setup's I386 folder, no install.wim.
+        std::fs::create_dir_all(tree.join("I386"))?;
+        std::fs::write(
+            tree.join("I386/TXTSETUP.SIF"),
+            "[SetupData]\r\nProductType = 0\r\n; cygvm linux-standin installer\r\n",
+        )?;
+    } else {
+        let editions = standin_editions(parts.version);
         std::fs::write(tree.join("sources/install.wim"), install_wim(&editions))?;
     }
     let iso = work.path().join("installer.iso");
