@@ -26,7 +26,9 @@ const READY: &str = "cygvm-standin: ready";
 
 fn main() {
     if cfg!(debug_assertions) {
-        println!("standin_boot: skipped in unoptimized builds (run `cargo bench --bench standin_boot`)");
+        println!(
+            "standin_boot: skipped in unoptimized builds (run `cargo bench --bench standin_boot`)"
+        );
         return;
     }
     if let Err(e) = bench() {
@@ -69,7 +71,10 @@ fn bench() -> Result<()> {
             .stdin(Stdio::null())
             .output()?;
         if !out.status.success() {
-            bail!("install ({firmware}): {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "install ({firmware}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         images.push(Image {
             firmware,
@@ -166,10 +171,7 @@ fn boot_to_ready(art: &HostArtifacts, image: &Image, direct: bool) -> Result<Dur
         &GuestBoot::Disk,
     )?;
     if direct {
-        let initrd = art
-            .standin_initrd
-            .clone()
-            .context("no stand-in initrd")?;
+        let initrd = art.standin_initrd.clone().context("no stand-in initrd")?;
         spec.firmware = Firmware::Bios;
         spec.boot_order.clear();
         spec.direct_boot = Some(DirectBoot {
@@ -190,7 +192,8 @@ fn boot_to_ready(art: &HostArtifacts, image: &Image, direct: bool) -> Result<Dur
     );
     let deadline = started + Duration::from_secs(300);
     loop {
-        let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+        let text =
+            String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
         if text.contains(READY) {
             let took = started.elapsed();
             qemu.stop();
@@ -198,7 +201,10 @@ fn boot_to_ready(art: &HostArtifacts, image: &Image, direct: bool) -> Result<Dur
             return Ok(took);
         }
         if Instant::now() > deadline {
-            bail!("{} boot (direct: {direct}) never got ready:\n{text}", image.firmware);
+            bail!(
+                "{} boot (direct: {direct}) never got ready:\n{text}",
+                image.firmware
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -425,6 +425,7 @@ fn image(name: &str, edition_id: &str) -> SelectedImage {
         name: name.into(),
         edition_id: Some(edition_id.into()),
         installation_type: None,
+        display_name: None,
     }
 }
 

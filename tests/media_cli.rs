@@ -152,8 +152,9 @@ fn media_are_read_back_by_independent_tools() {
             );
         }
     }
-    // base-files, cygwin, bash (Base), openssh, libssl3 and the long one.
-    assert_eq!(archives, 6);
+    // base-files, cygwin, bash (Base), openssh, libssl3, cygrunsrv and the
+    // long one.
+    assert_eq!(archives, 7);
     assert!(
         !iso.join("mirror/x86_64/release/make").exists(),
         "make was not requested"

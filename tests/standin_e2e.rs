@@ -147,7 +147,10 @@ fn inputs_are_read_only_the_network_is_private_and_samba_wants_a_password() {
     // Windows 11 speaks SMB2+ and NTLMv2: the controller offers nothing older.
     assert!(stdout.contains("smb1: refused"), "{stdout}");
     // sshd on port 22 is the guest's only listener.
-    let listeners = stdout.lines().find(|l| l.starts_with("listeners:")).unwrap();
+    let listeners = stdout
+        .lines()
+        .find(|l| l.starts_with("listeners:"))
+        .unwrap();
     assert_eq!(listeners.trim_end(), "listeners: 0.0.0.0:22 :::22");
 }
 
@@ -311,11 +314,17 @@ fn a_bios_install_restarts_once_then_revives_and_boots_cold() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("the guest restarted (1)"), "{stderr}");
-    assert!(stderr.contains("powered off after 1 restart(s)"), "{stderr}");
+    assert!(
+        stderr.contains("powered off after 1 restart(s)"),
+        "{stderr}"
+    );
     let serial = std::fs::read_to_string(ws.generation(1).join("logs/guest-install.serial.log"))
         .unwrap_or_default();
     assert!(serial.contains("blank disk, starting Setup"), "{serial}");
-    assert!(serial.contains("no key, booting the next device"), "{serial}");
+    assert!(
+        serial.contains("no key, booting the next device"),
+        "{serial}"
+    );
     assert!(serial.contains("first logon finished: ok"), "{serial}");
     let manifest = std::fs::read_to_string(ws.generation(1).join("manifest.json")).unwrap();
     assert!(!manifest.contains("pflash"), "{manifest}");
@@ -323,7 +332,10 @@ fn a_bios_install_restarts_once_then_revives_and_boots_cold() {
     let revived = ws.run(&[], &["sh", "-c", "cat ~/provisioned; exit 4"]);
     assert_eq!(revived.status.code(), Some(4), "{}", text(&revived.stderr));
     assert_eq!(text(&revived.stdout), "provisioned\n");
-    let cold = ws.run(&["--cold"], &["sh", "-c", "cat /cygdrive/c/cygvm/status.txt"]);
+    let cold = ws.run(
+        &["--cold"],
+        &["sh", "-c", "cat /cygdrive/c/cygvm/status.txt"],
+    );
     assert!(cold.status.success(), "{}", text(&cold.stderr));
     assert_eq!(text(&cold.stdout).trim(), "ok");
 }

@@ -15,9 +15,7 @@ use cygvm::controller::{self, HostParts};
 use cygvm::guest::devices::device_set;
 use cygvm::guest::installer_iso::{self, BOOT_KEY, InstallerParts};
 use cygvm::vm::accel::Accel;
-use cygvm::vm::qemu::{
-    BootDevice, Disk, DiskFormat, Firmware, OVMF_CODE_4M, OVMF_VARS_4M, VmSpec,
-};
+use cygvm::vm::qemu::{BootDevice, Disk, DiskFormat, Firmware, OVMF_CODE_4M, OVMF_VARS_4M, VmSpec};
 
 /// The installer ISO and the stand-in initrd, made once per test binary.
 fn installer() -> &'static PathBuf {
@@ -236,7 +234,10 @@ fn uefi_installer_without_a_key_never_starts_setup() {
     );
     std::thread::sleep(Duration::from_secs(5));
     let serial = g.serial();
-    assert!(serial.contains("Press any key to boot from CD or DVD"), "{serial}");
+    assert!(
+        serial.contains("Press any key to boot from CD or DVD"),
+        "{serial}"
+    );
     assert!(!serial.contains(SETUP_STARTED), "{serial}");
 }
 

@@ -206,10 +206,18 @@ impl InitrdBuilder {
         dest: &str,
     ) -> Result<&mut Self, InitrdError> {
         let root = root.trim_end_matches('/');
-        self.add_file(&format!("{root}/{}", dest.trim_start_matches('/')), host_path, 0o755)?;
+        self.add_file(
+            &format!("{root}/{}", dest.trim_start_matches('/')),
+            host_path,
+            0o755,
+        )?;
         for lib in ldd(host_path)? {
             let dest = library_dest(&lib);
-            self.add_file(&format!("{root}/{}", dest.trim_start_matches('/')), &lib, 0o755)?;
+            self.add_file(
+                &format!("{root}/{}", dest.trim_start_matches('/')),
+                &lib,
+                0o755,
+            )?;
         }
         Ok(self)
     }

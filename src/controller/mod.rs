@@ -23,24 +23,66 @@ pub mod files {
 
     /// Stand-ins of the Windows programs bootstrap.sh calls, as (name, script).
     pub const STANDIN_WINDOWS: [(&str, &str); 6] = [
-        ("net.exe", include_str!("../../controller-initrd/standin/windows/net.exe")),
-        ("netsh.exe", include_str!("../../controller-initrd/standin/windows/netsh.exe")),
-        ("getmac.exe", include_str!("../../controller-initrd/standin/windows/getmac.exe")),
-        ("ipconfig.exe", include_str!("../../controller-initrd/standin/windows/ipconfig.exe")),
-        ("powercfg.exe", include_str!("../../controller-initrd/standin/windows/powercfg.exe")),
-        ("shutdown.exe", include_str!("../../controller-initrd/standin/windows/shutdown.exe")),
+        (
+            "net.exe",
+            include_str!("../../controller-initrd/standin/windows/net.exe"),
+        ),
+        (
+            "netsh.exe",
+            include_str!("../../controller-initrd/standin/windows/netsh.exe"),
+        ),
+        (
+            "getmac.exe",
+            include_str!("../../controller-initrd/standin/windows/getmac.exe"),
+        ),
+        (
+            "ipconfig.exe",
+            include_str!("../../controller-initrd/standin/windows/ipconfig.exe"),
+        ),
+        (
+            "powercfg.exe",
+            include_str!("../../controller-initrd/standin/windows/powercfg.exe"),
+        ),
+        (
+            "shutdown.exe",
+            include_str!("../../controller-initrd/standin/windows/shutdown.exe"),
+        ),
     ];
     /// The stand-in of Cygwin's setup.
     pub const STANDIN_SETUP: &str = include_str!("../../controller-initrd/standin/cygwin/setup");
     /// Stand-ins of Cygwin programs as (package that ships it, path in the
     /// Cygwin root, script).
     pub const STANDIN_CYGWIN: [(&str, &str, &str); 6] = [
-        ("cygwin", "usr/bin/cygpath", include_str!("../../controller-initrd/standin/cygwin/cygpath")),
-        ("cygwin", "usr/bin/getent", include_str!("../../controller-initrd/standin/cygwin/getent")),
-        ("cygrunsrv", "usr/bin/cygrunsrv", include_str!("../../controller-initrd/standin/cygwin/cygrunsrv")),
-        ("openssh", "usr/bin/ssh-host-config", include_str!("../../controller-initrd/standin/cygwin/ssh-host-config")),
-        ("openssh", "usr/bin/ssh-keygen", include_str!("../../controller-initrd/standin/cygwin/ssh-keygen")),
-        ("openssh", "usr/sbin/sshd", include_str!("../../controller-initrd/standin/cygwin/sshd")),
+        (
+            "cygwin",
+            "usr/bin/cygpath",
+            include_str!("../../controller-initrd/standin/cygwin/cygpath"),
+        ),
+        (
+            "cygwin",
+            "usr/bin/getent",
+            include_str!("../../controller-initrd/standin/cygwin/getent"),
+        ),
+        (
+            "cygrunsrv",
+            "usr/bin/cygrunsrv",
+            include_str!("../../controller-initrd/standin/cygwin/cygrunsrv"),
+        ),
+        (
+            "openssh",
+            "usr/bin/ssh-host-config",
+            include_str!("../../controller-initrd/standin/cygwin/ssh-host-config"),
+        ),
+        (
+            "openssh",
+            "usr/bin/ssh-keygen",
+            include_str!("../../controller-initrd/standin/cygwin/ssh-keygen"),
+        ),
+        (
+            "openssh",
+            "usr/sbin/sshd",
+            include_str!("../../controller-initrd/standin/cygwin/sshd"),
+        ),
     ];
 }
 
@@ -170,9 +212,17 @@ pub fn standin_initrd(parts: &HostParts) -> Result<InitrdBuilder, ControllerErro
     b.add_bytes("/etc/shells", "/bin/sh\n", 0o644)?;
     b.add_bytes("/etc/shadow", "root:*:1:0:99999:7:::\n", 0o600)?;
     for (name, script) in files::STANDIN_WINDOWS {
-        b.add_bytes(&format!("/usr/lib/cygvm-standin/windows/{name}"), script, 0o755)?;
+        b.add_bytes(
+            &format!("/usr/lib/cygvm-standin/windows/{name}"),
+            script,
+            0o755,
+        )?;
     }
-    b.add_bytes("/usr/lib/cygvm-standin/cygwin/setup", files::STANDIN_SETUP, 0o755)?;
+    b.add_bytes(
+        "/usr/lib/cygvm-standin/cygwin/setup",
+        files::STANDIN_SETUP,
+        0o755,
+    )?;
     // What the setup stand-in installs with each package: the stand-in
     // programs, and real Linux programs (with their libraries) in the
     // places Cygwin keeps them.
@@ -180,17 +230,33 @@ pub fn standin_initrd(parts: &HostParts) -> Result<InitrdBuilder, ControllerErro
     for (package, path, script) in files::STANDIN_CYGWIN {
         b.add_bytes(&format!("{}/{path}", runtime(package)), script, 0o755)?;
     }
-    b.add_file(&format!("{}/usr/bin/busybox", runtime("cygwin")), &parts.busybox, 0o755)?;
+    b.add_file(
+        &format!("{}/usr/bin/busybox", runtime("cygwin")),
+        &parts.busybox,
+        0o755,
+    )?;
     b.add_bytes(
         &format!("{}/usr/bin/cygvm-mount-shares", runtime("cygwin")),
         files::MOUNT_SHARES,
         0o755,
     )?;
-    b.add_bytes(&format!("{}/etc/shells", runtime("bash")), "/bin/sh\n/bin/bash\n", 0o644)?;
+    b.add_bytes(
+        &format!("{}/etc/shells", runtime("bash")),
+        "/bin/sh\n/bin/bash\n",
+        0o644,
+    )?;
     b.add_host_binary_under(&runtime("bash"), &parts.bash, "/usr/bin/bash")?;
     b.add_host_binary_under(&runtime("openssh"), &parts.dropbear, "/usr/sbin/dropbear")?;
-    b.add_host_binary_under(&runtime("openssh"), &parts.dropbearconvert, "/usr/bin/dropbearconvert")?;
-    b.add_host_binary_under(&runtime("openssh"), &parts.dropbearkey, "/usr/bin/dropbearkey")?;
+    b.add_host_binary_under(
+        &runtime("openssh"),
+        &parts.dropbearconvert,
+        "/usr/bin/dropbearconvert",
+    )?;
+    b.add_host_binary_under(
+        &runtime("openssh"),
+        &parts.dropbearkey,
+        "/usr/bin/dropbearkey",
+    )?;
     Ok(b)
 }
 

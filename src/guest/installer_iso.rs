@@ -57,6 +57,18 @@ pub struct InstallerParts<'a> {
     pub kernel_args: &'a [String],
 }
 
+/// The editions of Microsoft's consumer ISOs of Windows 10 and 11, in
+/// install.wim's order.
+const CONSUMER_EDITIONS: &[&str] = &[
+    "Home",
+    "Home N",
+    "Home Single Language",
+    "Education",
+    "Education N",
+    "Pro",
+    "Pro N",
+];
+
 /// The image names a Windows release's install media list in
 /// `sources/install.wim`, index 1 first, as Microsoft ships them.
 pub fn standin_editions(version: WindowsVersion) -> Vec<String> {
@@ -79,20 +91,20 @@ pub fn standin_editions(version: WindowsVersion) -> Vec<String> {
         WindowsVersion::Xp | WindowsVersion::Server2003 => Vec::new(),
         WindowsVersion::Win7 => client(
             "7",
-            &["STARTER", "HOMEBASIC", "HOMEPREMIUM", "PROFESSIONAL", "ULTIMATE"],
+            &[
+                "STARTER",
+                "HOMEBASIC",
+                "HOMEPREMIUM",
+                "PROFESSIONAL",
+                "ULTIMATE",
+            ],
         ),
         WindowsVersion::Win81 => client("8.1", &["", "Pro"])
             .into_iter()
             .map(|s| s.trim_end().to_string())
             .collect(),
-        WindowsVersion::Win10 => client(
-            "10",
-            &["Home", "Home N", "Home Single Language", "Education", "Education N", "Pro", "Pro N"],
-        ),
-        WindowsVersion::Win11 => client(
-            "11",
-            &["Home", "Home N", "Home Single Language", "Education", "Education N", "Pro", "Pro N"],
-        ),
+        WindowsVersion::Win10 => client("10", CONSUMER_EDITIONS),
+        WindowsVersion::Win11 => client("11", CONSUMER_EDITIONS),
         WindowsVersion::Server2012R2 => server("2012 R2"),
         WindowsVersion::Server2016 => server("2016"),
         WindowsVersion::Server2019 => server("2019"),
@@ -206,9 +218,7 @@ fn require(program: HostProgram) -> Result<PathBuf> {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {what}"))?;
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}",
@@ -323,19 +333,28 @@ mod tests {
     fn the_cd_prompt_takes_any_ordinary_key_and_falls_through_without_one() {
         let cfg = cd_grub_cfg();
         assert!(cfg.contains("Press any key to boot from CD or DVD"));
-        assert!(cfg.contains("--hotkey=\" \""), "cygvm's key {BOOT_KEY} must boot");
+        assert!(
+            cfg.contains("--hotkey=\" \""),
+            "cygvm's key {BOOT_KEY} must boot"
+        );
         assert!(cfg.contains("--hotkey=\"a\""));
         assert!(cfg.contains("set default=fallthrough"));
         assert!(
             cfg.contains("chainloader ($disk)/EFI/BOOT/BOOTX64.EFI"),
             "UEFI: the disk's loader"
         );
-        assert!(cfg.contains("chainloader +1"), "BIOS: the disk's boot sector");
+        assert!(
+            cfg.contains("chainloader +1"),
+            "BIOS: the disk's boot sector"
+        );
     }
 
     #[test]
     fn editions_start_at_index_1_like_the_real_media() {
-        assert_eq!(standin_editions(WindowsVersion::Win11)[0], "Windows 11 Home");
+        assert_eq!(
+            standin_editions(WindowsVersion::Win11)[0],
+            "Windows 11 Home"
+        );
         assert!(standin_editions(WindowsVersion::Win11).contains(&"Windows 11 Pro".to_string()));
         assert_eq!(standin_editions(WindowsVersion::Win81)[0], "Windows 8.1");
         assert!(standin_editions(WindowsVersion::Xp).is_empty());

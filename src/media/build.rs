@@ -19,7 +19,7 @@ use crate::fsutil::{self, write_atomic};
 use crate::media::bootstrap;
 use crate::media::floppy;
 use crate::media::iso::{FileSource, IsoBuilder};
-use crate::media::unattend::{self, MediaContext, SelectedImage};
+use crate::media::unattend::{self, MediaContext};
 use crate::media::wim::WimImage;
 use crate::secrets::ImageSecrets;
 
@@ -233,12 +233,7 @@ pub fn build(config: &Config, out: &Path, image: Option<&WimImage>) -> Result<Me
         client_public_key: &secrets.client_public_key(),
         marker_name: MARKER_NAME,
         media_id: &media_id,
-        image: image.map(|i| SelectedImage {
-            index: i.index,
-            name: i.name.clone(),
-            edition_id: i.edition_id.clone(),
-            installation_type: i.installation_type.clone(),
-        }),
+        image: image.cloned(),
     };
     let answer = unattend::answer_file(&ctx).context("cannot write the answer file")?;
     // The answer file holds the admin password (encoded, not encrypted).

@@ -31,19 +31,9 @@ pub struct MediaContext<'a> {
     pub image: Option<SelectedImage>,
 }
 
-/// An image of the ISO's install.wim (or install.esd), as its XML metadata
+/// The install.wim image Setup installs, as the ISO's XML metadata
 /// describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SelectedImage {
-    /// `IMAGE/@INDEX`, 1-based.
-    pub index: u32,
-    /// `IMAGE/NAME`, e.g. `Windows 11 Pro`.
-    pub name: String,
-    /// `IMAGE/WINDOWS/EDITIONID`, e.g. `Professional`, `ServerStandardEval`.
-    pub edition_id: Option<String>,
-    /// `IMAGE/WINDOWS/INSTALLATIONTYPE`: `Client`, `Server`, `Server Core`.
-    pub installation_type: Option<String>,
-}
+pub use crate::media::wim::WimImage as SelectedImage;
 
 /// An answer file ready for the floppy.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -69,8 +69,12 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
                 .standin_initrd
                 .as_deref()
                 .ok_or_else(|| anyhow!("the linux-standin initrd was not built"))?;
-            let kernel_args: Vec<String> =
-                config.guest.kernel_args.iter().map(|a| a.0.clone()).collect();
+            let kernel_args: Vec<String> = config
+                .guest
+                .kernel_args
+                .iter()
+                .map(|a| a.0.clone())
+                .collect();
             installer_iso::build(
                 &installer_iso::InstallerParts {
                     kernel: &art.standin_kernel,
@@ -263,9 +267,9 @@ impl InstallJob<'_> {
             PhaseProgress::start("guest-install", run_dir.join("guest.serial.log"), false);
         let guest = start_guest(sup, self.art, &spec).await?;
         match wait_for_power_off(&guest, Instant::now() + timeout).await {
-            Ok(resets) => tracing::info!(
-                "[guest-install] the guest powered off after {resets} restart(s)"
-            ),
+            Ok(resets) => {
+                tracing::info!("[guest-install] the guest powered off after {resets} restart(s)")
+            }
             Err(InstallWaitError::Timeout { resets }) => bail!(
                 "phase guest-install: the guest did not power off within the {} s deadline \
                  (key timeouts.install; it restarted {resets} time(s)); guest logs: {}{}",
@@ -379,9 +383,13 @@ const MAX_INSTALL_RESETS: u32 = 12;
 pub enum InstallWaitError {
     #[error("the guest did not power off in time")]
     Timeout { resets: u32 },
-    #[error("the guest stopped with reason {reason:?} instead of powering off (after {resets} restart(s))")]
+    #[error(
+        "the guest stopped with reason {reason:?} instead of powering off (after {resets} restart(s))"
+    )]
     Stopped { reason: String, resets: u32 },
-    #[error("the guest restarted {0} times without powering off: a boot loop (Setup restarts two or three times)")]
+    #[error(
+        "the guest restarted {0} times without powering off: a boot loop (Setup restarts two or three times)"
+    )]
     BootLoop(u32),
     #[error("QEMU exited without the guest powering off (after {resets} restart(s))")]
     Exited { resets: u32 },

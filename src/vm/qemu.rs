@@ -343,10 +343,9 @@ impl VmSpec {
             let boot = boot_index(BootDevice::Disk(i));
             let device = match disk.bus {
                 DiskBus::VirtioBlk => format!("virtio-blk-pci,drive={node},id={node}-dev{boot}"),
-                DiskBus::Ide => format!(
-                    "ide-hd,drive={node},id={node}-dev{}{boot}",
-                    next_ide(&node)
-                ),
+                DiskBus::Ide => {
+                    format!("ide-hd,drive={node},id={node}-dev{}{boot}", next_ide(&node))
+                }
             };
             a.opt("-device", &device);
         }
@@ -852,8 +851,14 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {needle} in {argv:?}"))
                 .clone()
         };
-        assert!(at("ide-cd,drive=cdrom0").ends_with(",bootindex=0"), "{argv:?}");
-        assert!(at("ide-hd,drive=disk0").ends_with(",bootindex=1"), "{argv:?}");
+        assert!(
+            at("ide-cd,drive=cdrom0").ends_with(",bootindex=0"),
+            "{argv:?}"
+        );
+        assert!(
+            at("ide-hd,drive=disk0").ends_with(",bootindex=1"),
+            "{argv:?}"
+        );
         // The Cygwin ISO and the answer floppy are never booted.
         assert!(!at("ide-cd,drive=cdrom1").contains("bootindex"));
         assert!(!at("floppy,").contains("bootindex"));
