@@ -376,8 +376,10 @@ pub const STANDIN_INSTALLER_ISO: &str = "standin-installer.iso";
 /// the CD's "Press any key to boot from CD or DVD" prompt.
 pub const BOOT_KEY_WINDOW: Duration = Duration::from_secs(60);
 const BOOT_KEY_INTERVAL: Duration = Duration::from_secs(1);
-/// More restarts than Setup ever makes: the guest is in a boot loop.
-const MAX_INSTALL_RESETS: u32 = 12;
+/// More restarts than Setup ever makes (three, each counted twice under
+/// SeaBIOS, which resets the machine again itself on a warm restart): the
+/// guest is in a boot loop.
+const MAX_INSTALL_RESETS: u32 = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallWaitError {
