@@ -313,9 +313,13 @@ fn a_bios_install_restarts_once_then_revives_and_boots_cold() {
     let out = ws.install();
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // Setup restarted the guest and the install went on; only the power-off
+    // ended it. (SeaBIOS resets the machine once more itself on a warm
+    // restart, so QEMU counts one or two resets for the one restart.)
     assert!(stderr.contains("the guest restarted (1)"), "{stderr}");
     assert!(
-        stderr.contains("powered off after 1 restart(s)"),
+        stderr.contains("powered off after 1 restart(s)")
+            || stderr.contains("powered off after 2 restart(s)"),
         "{stderr}"
     );
     let serial = std::fs::read_to_string(ws.generation(1).join("logs/guest-install.serial.log"))
