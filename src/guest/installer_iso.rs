@@ -58,51 +58,83 @@ pub struct InstallerParts<'a> {
 }
 
 /// The editions of Microsoft's consumer ISOs of Windows 10 and 11, in
-/// install.wim's order.
-const CONSUMER_EDITIONS: &[&str] = &[
-    "Home",
-    "Home N",
-    "Home Single Language",
-    "Education",
-    "Education N",
-    "Pro",
-    "Pro N",
+/// install.wim's order: (name suffix, EditionID).
+const CONSUMER_EDITIONS: &[(&str, &str)] = &[
+    ("Home", "Core"),
+    ("Home N", "CoreN"),
+    ("Home Single Language", "CoreSingleLanguage"),
+    ("Education", "Education"),
+    ("Education N", "EducationN"),
+    ("Pro", "Professional"),
+    ("Pro N", "ProfessionalN"),
 ];
 
-/// The image names a Windows release's install media list in
-/// `sources/install.wim`, index 1 first, as Microsoft ships them.
-pub fn standin_editions(version: WindowsVersion) -> Vec<String> {
-    let v = version;
-    let client = |n: &str, eds: &[&str]| -> Vec<String> {
-        eds.iter().map(|e| format!("Windows {n} {e}")).collect()
+/// The images a Windows release's install media list in
+/// `sources/install.wim`, index 1 first, named as Microsoft names them
+/// (`IMAGE/NAME`, `WINDOWS/EDITIONID`, `DISPLAYNAME`): consumer ISOs for
+/// the clients, evaluation ISOs for the servers. None for XP and 2003.
+pub fn standin_editions(version: WindowsVersion) -> Vec<WimImage> {
+    let image = |name: String, edition: &str, display: String| WimImage {
+        index: 0,
+        name,
+        edition_id: Some(edition.to_string()),
+        installation_type: None,
+        display_name: Some(display),
     };
-    let server = |n: &str| -> Vec<String> {
+    let client = |n: &str, eds: &[(&str, &str)]| -> Vec<WimImage> {
+        eds.iter()
+            .map(|(e, id)| {
+                let name = format!("Windows {n} {e}").trim_end().to_string();
+                image(name.clone(), id, name)
+            })
+            .collect()
+    };
+    let server = |n: &str| -> Vec<WimImage> {
         [
-            "Standard Evaluation",
-            "Standard Evaluation (Desktop Experience)",
-            "Datacenter Evaluation",
-            "Datacenter Evaluation (Desktop Experience)",
+            (
+                "SERVERSTANDARDCORE",
+                "ServerStandardEval",
+                "Standard Evaluation",
+            ),
+            (
+                "SERVERSTANDARD",
+                "ServerStandardEval",
+                "Standard Evaluation (Desktop Experience)",
+            ),
+            (
+                "SERVERDATACENTERCORE",
+                "ServerDatacenterEval",
+                "Datacenter Evaluation",
+            ),
+            (
+                "SERVERDATACENTER",
+                "ServerDatacenterEval",
+                "Datacenter Evaluation (Desktop Experience)",
+            ),
         ]
         .iter()
-        .map(|e| format!("Windows Server {n} {e}"))
+        .map(|(name, id, display)| {
+            image(
+                format!("Windows Server {n} {name}"),
+                id,
+                format!("Windows Server {n} {display}"),
+            )
+        })
         .collect()
     };
-    match v {
+    let mut images = match version {
         WindowsVersion::Xp | WindowsVersion::Server2003 => Vec::new(),
         WindowsVersion::Win7 => client(
             "7",
             &[
-                "STARTER",
-                "HOMEBASIC",
-                "HOMEPREMIUM",
-                "PROFESSIONAL",
-                "ULTIMATE",
+                ("STARTER", "Starter"),
+                ("HOMEBASIC", "HomeBasic"),
+                ("HOMEPREMIUM", "HomePremium"),
+                ("PROFESSIONAL", "Professional"),
+                ("ULTIMATE", "Ultimate"),
             ],
         ),
-        WindowsVersion::Win81 => client("8.1", &["", "Pro"])
-            .into_iter()
-            .map(|s| s.trim_end().to_string())
-            .collect(),
+        WindowsVersion::Win81 => client("8.1", &[("", "Core"), ("Pro", "Professional")]),
         WindowsVersion::Win10 => client("10", CONSUMER_EDITIONS),
         WindowsVersion::Win11 => client("11", CONSUMER_EDITIONS),
         WindowsVersion::Server2012R2 => server("2012 R2"),
@@ -110,7 +142,11 @@ pub fn standin_editions(version: WindowsVersion) -> Vec<String> {
         WindowsVersion::Server2019 => server("2019"),
         WindowsVersion::Server2022 => server("2022"),
         WindowsVersion::Server2025 => server("2025"),
+    };
+    for (image, index) in images.iter_mut().zip(1..) {
+        image.index = index;
     }
+    images
 }
 
 /// The CD's GRUB menu, standing in for Microsoft's boot sectors (see the
@@ -290,8 +326,8 @@ pub fn build(parts: &InstallerParts, out: &Path) -> Result<()> {
             "[SetupData]\r\nProductType = 0\r\n; cygvm linux-standin installer\r\n",
         )?;
     } else {
-        let editions = standin_editions(parts.version);
-        std::fs::write(tree.join("sources/install.wim"), install_wim(&editions))?;
+        let images = standin_editions(parts.version);
+        std::fs::write(tree.join("sources/install.wim"), encode_wim(&images))?;
     }
     let iso = work.path().join("installer.iso");
     let mut rescue = Command::new(&mkrescue);
@@ -307,22 +343,6 @@ pub fn build(parts: &InstallerParts, out: &Path) -> Result<()> {
     let bytes = std::fs::read(&iso)?;
     write_atomic(out, &bytes, 0o644)?;
     Ok(())
-}
-
-/// `sources/install.wim` naming `editions` as images 1, 2, ...
-fn install_wim(editions: &[String]) -> Vec<u8> {
-    let images: Vec<WimImage> = editions
-        .iter()
-        .zip(1..)
-        .map(|(name, index)| WimImage {
-            index,
-            name: name.clone(),
-            edition_id: None,
-            installation_type: None,
-            display_name: Some(name.clone()),
-        })
-        .collect();
-    encode_wim(&images)
 }
 
 #[cfg(test)]
@@ -350,13 +370,41 @@ mod tests {
     }
 
     #[test]
-    fn editions_start_at_index_1_like_the_real_media() {
+    fn editions_are_named_and_numbered_like_the_real_media() {
+        let names =
+            |v| -> Vec<String> { standin_editions(v).into_iter().map(|i| i.name).collect() };
+        let win11 = standin_editions(WindowsVersion::Win11);
         assert_eq!(
-            standin_editions(WindowsVersion::Win11)[0],
-            "Windows 11 Home"
+            (win11[0].index, win11[0].name.as_str()),
+            (1, "Windows 11 Home")
         );
-        assert!(standin_editions(WindowsVersion::Win11).contains(&"Windows 11 Pro".to_string()));
-        assert_eq!(standin_editions(WindowsVersion::Win81)[0], "Windows 8.1");
-        assert!(standin_editions(WindowsVersion::Xp).is_empty());
+        let pro = win11.iter().find(|i| i.name == "Windows 11 Pro").unwrap();
+        assert_eq!(pro.edition_id.as_deref(), Some("Professional"));
+        assert_eq!(names(WindowsVersion::Win81)[0], "Windows 8.1");
+        assert_eq!(
+            names(WindowsVersion::Server2022)[1],
+            "Windows Server 2022 SERVERSTANDARD"
+        );
+        assert!(names(WindowsVersion::Xp).is_empty());
+        // The default edition of every WIM-era version is on its stand-in ISO.
+        for v in WindowsVersion::ALL
+            .into_iter()
+            .filter(|v| !v.uses_winnt_sif())
+        {
+            let text = format!(
+                "[image]\nname = \"x\"\n[guest]\nos = \"linux-standin\"\nversion = \"{}\"\n",
+                v.config_name()
+            );
+            let config =
+                crate::config::Config::parse(&text, std::path::Path::new("cygvm.toml")).unwrap();
+            match crate::media::unattend::image_selector(&config) {
+                crate::media::unattend::ImageSelector::Name(n) => {
+                    assert!(names(v).contains(&n), "{v:?}: {n} not in {:?}", names(v))
+                }
+                crate::media::unattend::ImageSelector::Index(i) => {
+                    assert!(i as usize <= names(v).len())
+                }
+            }
+        }
     }
 }
