@@ -45,7 +45,7 @@ struct Installed {
 
 pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result<ExitCode> {
     let os = GuestOs::from_config(config);
-    if os == GuestOs::Windows {
+    let windows_iso = if os == GuestOs::Windows {
         let iso = config.guest.iso.as_ref().ok_or_else(|| {
             anyhow!("key `guest.iso` is not set: name the Windows installation ISO to install from")
         })?;
@@ -53,17 +53,19 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         if !iso.is_file() {
             bail!("key `guest.iso`: {} does not exist", iso.display());
         }
-    }
+        Some(iso)
+    } else {
+        None
+    };
     let mut install_image = media::windows_iso::check_windows_iso(config)?;
     let art = HostArtifacts::prepare(os)?;
     let image = ImageDir::new(config.image_dir());
     let lock = image.lock_exclusive()?;
 
-    let windows_iso = match os {
-        GuestOs::Windows => config.resolve_path(config.guest.iso.as_ref().ok_or_else(|| {
-            anyhow!("key `guest.iso` is not set: name the Windows installation ISO to install from")
-        })?),
-        GuestOs::Standin => {
+    // The linux-standin's installer ISO stands in for the Windows ISO.
+    let windows_iso = match windows_iso {
+        Some(iso) => iso,
+        None => {
             let iso = image.media().join(STANDIN_INSTALLER_ISO);
             let initrd = art
                 .standin_initrd
