@@ -333,6 +333,15 @@ async fn revive_once(
         )
         .await?;
         let mut ctrl = starting.connect().await?;
+        // A UEFI image's guest gets its own copy of the variables.
+        let vars = instance.generation.dir.join("OVMF_VARS.fd");
+        let uefi_vars = if vars.exists() {
+            let copy = run_dir.join("OVMF_VARS.fd");
+            std::fs::copy(&vars, &copy)?;
+            Some(copy)
+        } else {
+            None
+        };
         let mut spec = instance::guest_spec(
             instance.config,
             instance.os,
@@ -341,7 +350,7 @@ async fn revive_once(
             &switch.dir,
             &GuestDisk {
                 disk: overlay.clone(),
-                uefi_vars: None,
+                uefi_vars,
             },
             &GuestBoot::Disk,
         )?;
