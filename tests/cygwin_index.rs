@@ -1,33 +1,12 @@
 //! The parser and closure on real Cygwin indexes (shared fixtures).
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use cygvm::cygwin::{HashAlgo, SetupIni, reduced_setup_ini, resolve};
 
-/// Looks for `shared/fixtures/cygwin` beside the clone (CI) or beside the
-/// directory holding the clone (worktrees). Set CYGVM_REQUIRE_FIXTURES=1 to
-/// make a missing fixture fail instead of skip.
-fn fixture(name: &str) -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        root.join("../shared/fixtures/cygwin").join(name),
-        root.join("../../shared/fixtures/cygwin").join(name),
-    ];
-    if let Some(found) = candidates.iter().find(|p| p.exists()) {
-        return Some(found.clone());
-    }
-    let message = format!(
-        "fixture {name} is absent (looked in {}); clone `shared/` beside the repository",
-        candidates[0].display()
-    );
-    assert!(
-        std::env::var_os("CYGVM_REQUIRE_FIXTURES").is_none(),
-        "{message}"
-    );
-    eprintln!("skipping: {message}");
-    None
-}
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::fixture;
 
 #[test]
 fn full_2016_index_parses_and_resolves_openssh() {

@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::fixture;
+
 use sha2::{Digest, Sha256};
 
 fn example_mirror() -> PathBuf {
@@ -304,29 +308,6 @@ fn a_missing_mirror_is_named() {
     let err = stderr(&out);
     assert!(err.contains("/nonexistent/mirror"), "{err}");
     assert!(err.contains("x86_64/setup.ini"), "{err}");
-}
-
-/// A real index from `shared/fixtures/cygwin` beside the clone (or beside
-/// the directory holding it); CYGVM_REQUIRE_FIXTURES=1 makes absence fail.
-fn fixture(name: &str) -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        root.join("../shared/fixtures/cygwin").join(name),
-        root.join("../../shared/fixtures/cygwin").join(name),
-    ];
-    if let Some(found) = candidates.iter().find(|p| p.exists()) {
-        return Some(found.clone());
-    }
-    let message = format!(
-        "fixture {name} is absent (looked in {}); clone `shared/` beside the repository",
-        candidates[0].display()
-    );
-    assert!(
-        std::env::var_os("CYGVM_REQUIRE_FIXTURES").is_none(),
-        "{message}"
-    );
-    eprintln!("skipping: {message}");
-    None
 }
 
 /// A small valid `.tar.xz` holding one file that names the package.
