@@ -344,7 +344,6 @@ async fn revive_once(
         };
         let mut spec = instance::guest_spec(
             instance.config,
-            instance.os,
             instance.art,
             &run_dir,
             &switch.dir,

@@ -160,7 +160,6 @@ fn boot_to_ready(art: &HostArtifacts, image: &Image, direct: bool) -> Result<Dur
     }
     let mut spec: VmSpec = instance::guest_spec(
         &image.config,
-        GuestOs::Standin,
         art,
         r,
         &switch,

@@ -210,29 +210,16 @@ fn check_kernel(boot: &Path, modules: &Path) -> Check {
 /// GRUB's image tools and both platforms' modules: the linux-standin's
 /// installer ISO and disk boot loader are made with them.
 fn check_grub() -> Check {
-    use crate::guest::installer_iso::{GRUB_MKIMAGE, GRUB_MKRESCUE, GRUB_PLATFORMS};
-    let mut lacking: Vec<&str> = Vec::new();
-    for program in [GRUB_MKRESCUE, GRUB_MKIMAGE] {
-        if program.find().is_none() && !lacking.contains(&program.package) {
-            lacking.push(program.package);
-        }
-    }
-    for (dir, package) in GRUB_PLATFORMS {
-        if !Path::new(dir).is_dir() {
-            lacking.push(package);
-        }
-    }
-    if lacking.is_empty() {
-        Check::new(Status::Ok, "GRUB (stand-in boot)", "BIOS and UEFI images")
-    } else {
-        Check::new(
+    match crate::guest::installer_iso::grub_tools() {
+        Ok(_) => Check::new(Status::Ok, "GRUB (stand-in boot)", "BIOS and UEFI images"),
+        Err(missing) => Check::new(
             Status::Warn,
             "GRUB (stand-in boot)",
             format!(
                 "the linux-standin guest boots through GRUB: install package(s) {}",
-                lacking.join(" ")
+                missing.join(" ")
             ),
-        )
+        ),
     }
 }
 

@@ -31,6 +31,11 @@ impl AtomicFile {
         })
     }
 
+    /// The temporary file's path, for a program that writes it.
+    pub fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
     pub fn file(&mut self) -> &mut File {
         self.temp.as_file_mut()
     }

@@ -21,8 +21,8 @@ use std::process::Command;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::WindowsVersion;
-use crate::fsutil::write_atomic;
-use crate::media::wim::{WimImage, encode_wim};
+use crate::fsutil::AtomicFile;
+use crate::media::wim::{WimImage, write_wim};
 use crate::vm::host_tools::HostProgram;
 
 pub const GRUB_MKRESCUE: HostProgram = HostProgram {
@@ -242,15 +242,35 @@ const DISK_LOADER_MODULES: &[&str] = &[
     "reboot",
 ];
 
-fn require(program: HostProgram) -> Result<PathBuf> {
-    program.find().ok_or_else(|| {
-        anyhow!(
-            "{} is not installed; install the Debian package {} (or run bash scripts/install-deps): \
-             the linux-standin's installer ISO is made with it",
-            program.name,
-            program.package
-        )
-    })
+/// GRUB's image tools, found with both platforms' modules present.
+pub struct GrubTools {
+    pub mkrescue: PathBuf,
+    pub mkimage: PathBuf,
+}
+
+/// GRUB's tools, or the Debian packages missing for them: the installer
+/// ISO and the disk's boot loaders are made with both platforms' images.
+pub fn grub_tools() -> Result<GrubTools, Vec<&'static str>> {
+    let mut missing: Vec<&'static str> = Vec::new();
+    let mut find = |program: HostProgram| {
+        let found = program.find();
+        if found.is_none() && !missing.contains(&program.package) {
+            missing.push(program.package);
+        }
+        found
+    };
+    let (mkrescue, mkimage) = (find(GRUB_MKRESCUE), find(GRUB_MKIMAGE));
+    for (dir, package) in GRUB_PLATFORMS {
+        if !Path::new(dir).is_dir() {
+            missing.push(package);
+        }
+    }
+    match (mkrescue, mkimage) {
+        (Some(mkrescue), Some(mkimage)) if missing.is_empty() => {
+            Ok(GrubTools { mkrescue, mkimage })
+        }
+        _ => Err(missing),
+    }
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
@@ -267,16 +287,13 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 
 /// Writes the installer ISO to `out` (temp, fsync, rename).
 pub fn build(parts: &InstallerParts, out: &Path) -> Result<()> {
-    let mkrescue = require(GRUB_MKRESCUE)?;
-    let mkimage = require(GRUB_MKIMAGE)?;
-    for (dir, package) in GRUB_PLATFORMS {
-        if !Path::new(dir).is_dir() {
-            bail!(
-                "{dir} is missing; install the Debian package {package} (or run bash scripts/install-deps): \
-                 the linux-standin's installer boots through the firmware like Windows"
-            );
-        }
-    }
+    let grub = grub_tools().map_err(|missing| {
+        anyhow!(
+            "GRUB is incomplete: install the Debian package(s) {} (or run bash scripts/install-deps); \
+             the linux-standin's installer ISO and boot loaders are made with it",
+            missing.join(" ")
+        )
+    })?;
     let parent = out.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let work = tempfile::Builder::new()
@@ -303,21 +320,21 @@ pub fn build(parts: &InstallerParts, out: &Path) -> Result<()> {
     )?;
     let early = work.path().join("early.cfg");
     std::fs::write(&early, disk_early_cfg())?;
-    let mut core = Command::new(&mkimage);
-    core.args(["-O", "i386-pc", "-p", "/boot/grub", "-c"])
-        .arg(&early)
-        .arg("-o")
-        .arg(own.join("core.img"))
-        .arg("biosdisk")
-        .args(DISK_LOADER_MODULES);
-    run(&mut core, "grub-mkimage (BIOS boot loader)")?;
-    let mut efi = Command::new(&mkimage);
-    efi.args(["-O", "x86_64-efi", "-p", "/boot/grub", "-c"])
-        .arg(&early)
-        .arg("-o")
-        .arg(own.join("bootx64.efi"))
-        .args(DISK_LOADER_MODULES);
-    run(&mut efi, "grub-mkimage (EFI boot loader)")?;
+    // The disk's loaders: BIOS core image (with the BIOS disk driver) and
+    // EFI application, both with the embedded configuration.
+    for (format, extra, name) in [
+        ("i386-pc", Some("biosdisk"), "core.img"),
+        ("x86_64-efi", None, "bootx64.efi"),
+    ] {
+        let mut cmd = Command::new(&grub.mkimage);
+        cmd.args(["-O", format, "-p", "/boot/grub", "-c"])
+            .arg(&early)
+            .arg("-o")
+            .arg(own.join(name))
+            .args(extra)
+            .args(DISK_LOADER_MODULES);
+        run(&mut cmd, &format!("grub-mkimage ({format} boot loader)"))?;
+    }
     if parts.version.uses_winnt_sif() {
         // XP/2003 media: text-mode Setup's I386 folder, no install.wim.
         std::fs::create_dir_all(tree.join("I386"))?;
@@ -327,21 +344,23 @@ pub fn build(parts: &InstallerParts, out: &Path) -> Result<()> {
         )?;
     } else {
         let images = standin_editions(parts.version);
-        std::fs::write(tree.join("sources/install.wim"), encode_wim(&images))?;
+        write_wim(&tree.join("sources/install.wim"), &images)?;
     }
-    let iso = work.path().join("installer.iso");
-    let mut rescue = Command::new(&mkrescue);
+    // grub-mkrescue writes the image under the temporary name it is then
+    // synced and renamed from.
+    let iso = AtomicFile::create(out)?;
+    let mut rescue = Command::new(&grub.mkrescue);
     rescue
         .arg("-o")
-        .arg(&iso)
+        .arg(iso.path())
         .arg(&tree)
         .args(["--", "-volid", "CYGVM_STANDIN"]);
     run(
         &mut rescue,
         "grub-mkrescue (needs xorriso and mtools besides GRUB)",
     )?;
-    let bytes = std::fs::read(&iso)?;
-    write_atomic(out, &bytes, 0o644)?;
+    iso.set_mode(0o644)?;
+    iso.commit()?;
     Ok(())
 }
 

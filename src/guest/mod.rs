@@ -1,7 +1,8 @@
 //! What differs between a Windows guest and the linux-standin lives here,
-//! and only here: devices, shell wrapper, share mapping, clock, shutdown,
-//! install status and log locations. Every orchestration phase is the same
-//! code for both.
+//! and only here: shell wrapper, share mapping, clock, shutdown, install
+//! status and log locations. Both get the devices of the configured Windows
+//! version (`devices`); the stand-in's installer ISO is `installer_iso`.
+//! Every orchestration phase is the same code for both.
 
 pub mod devices;
 pub mod installer_iso;

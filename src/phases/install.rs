@@ -257,7 +257,6 @@ impl InstallJob<'_> {
         };
         let spec = instance::guest_spec(
             config,
-            os,
             self.art,
             &run_dir,
             &switch.dir,
@@ -323,7 +322,6 @@ impl InstallJob<'_> {
             spawn_controller(sup, config, self.art, self.secrets, &switch, &shares).await?;
         let spec = instance::guest_spec(
             config,
-            os,
             self.art,
             &run_dir,
             &switch.dir,

@@ -16,7 +16,7 @@ use crate::guest::GuestOs;
 use crate::guest::devices::{controller_cmdline_extra, device_set};
 use crate::secrets::ImageSecrets;
 use crate::vm::accel::{self, Accel};
-use crate::vm::host_tools::{self, HostProgram};
+use crate::vm::host_tools;
 use crate::vm::qemu::{
     BootDevice, DirectBoot, Disk, DiskFormat, Firmware, Nic, OVMF_CODE_4M, SerialPort, Share,
     VmSpec,
@@ -51,16 +51,6 @@ pub struct HostArtifacts {
     pub standin_kernel: PathBuf,
 }
 
-fn require(program: HostProgram) -> Result<PathBuf> {
-    program.find().ok_or_else(|| {
-        anyhow!(
-            "{} is not installed; install the Debian package {} (or run bash scripts/install-deps), then check with `cygvm doctor`",
-            program.name,
-            program.package
-        )
-    })
-}
-
 impl HostArtifacts {
     /// Finds the programs and builds (or takes from the cache) the initrds,
     /// with this cygvm binary as the controller's agent. Fails before
@@ -73,9 +63,9 @@ impl HostArtifacts {
     /// Like [`HostArtifacts::prepare`], with `agent` (a cygvm binary) as
     /// the controller's agent: for programs that link the library.
     pub fn prepare_with_agent(os: GuestOs, agent: &Path) -> Result<Self> {
-        let qemu = require(host_tools::QEMU_SYSTEM)?;
-        let qemu_img = require(host_tools::QEMU_IMG)?;
-        require(host_tools::VDE_SWITCH)?;
+        let qemu = host_tools::QEMU_SYSTEM.require()?;
+        let qemu_img = host_tools::QEMU_IMG.require()?;
+        host_tools::VDE_SWITCH.require()?;
         let (accel, why) = accel::choose();
         match accel {
             Accel::Kvm => tracing::info!("{why}"),
@@ -227,7 +217,6 @@ pub enum GuestBoot {
 /// Cygwin ISO never), the disk alone afterwards.
 pub fn guest_spec(
     config: &Config,
-    _os: GuestOs,
     art: &HostArtifacts,
     run_dir: &Path,
     switch: &Path,

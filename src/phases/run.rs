@@ -169,7 +169,6 @@ impl Instance<'_> {
     ) -> Result<crate::vm::qemu::VmSpec> {
         let mut spec = instance::guest_spec(
             self.config,
-            self.os,
             self.art,
             run_dir,
             switch,

@@ -42,6 +42,17 @@ impl HostProgram {
     pub fn find(&self) -> Option<PathBuf> {
         find_program(self.name)
     }
+
+    /// The program's path, or an error naming the Debian package to install.
+    pub fn require(&self) -> anyhow::Result<PathBuf> {
+        self.find().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is not installed; install the Debian package {} (or run bash scripts/install-deps), then check with `cygvm doctor`",
+                self.name,
+                self.package
+            )
+        })
+    }
 }
 
 pub fn find_program(name: &str) -> Option<PathBuf> {
