@@ -107,6 +107,31 @@ pub struct FileLock {
 }
 
 impl FileLock {
+    /// Waits for the lock on `path` (created if missing): exclusive or shared.
+    pub fn wait(path: &Path, exclusive: bool) -> Result<Self, ImageError> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io("open the lock", path))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(Self { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io("lock", path)(err));
+            }
+        }
+    }
+
     fn acquire(path: &Path, op: libc::c_int) -> Result<Self, ImageError> {
         let file = fs::OpenOptions::new()
             .create(true)

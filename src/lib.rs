@@ -4,6 +4,7 @@
 //! errors. See `docs/` and the design notes for the shape of the whole.
 
 pub mod agent;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod controller;

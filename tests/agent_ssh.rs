@@ -216,7 +216,11 @@ fn agent_protocol_over_a_pipe() {
         "{\"id\":5,\"op\":\"shutdown\"}\n",
     );
     let mut output = Vec::new();
-    cygvm::agent::server::serve(input.as_bytes(), &mut output, cfg).unwrap();
+    cygvm::agent::server::serve(
+        input.as_bytes(),
+        cygvm::agent::server::Agent::new(&mut output, Some(cfg)),
+    )
+    .unwrap();
     let replies: Vec<Reply> = String::from_utf8(output)
         .unwrap()
         .lines()
@@ -257,7 +261,7 @@ async fn host_client_and_agent_over_a_unix_socket() {
     let agent = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         let writer = stream.try_clone().unwrap();
-        cygvm::agent::server::serve(stream, writer, cfg)
+        cygvm::agent::server::serve(stream, cygvm::agent::server::Agent::new(writer, Some(cfg)))
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut client = AgentClient::connect(&sock, deadline).await.unwrap();

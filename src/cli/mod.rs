@@ -71,9 +71,10 @@ pub struct AgentArgs {
     /// The virtio-serial port to the host.
     #[arg(long, default_value = "/dev/virtio-ports/cygvm.agent")]
     pub port: PathBuf,
-    /// JSON file with the guest address, user, client key and pinned host key.
+    /// JSON file with the guest address, user, client key and pinned host
+    /// key. Without it the agent waits for the host's run settings.
     #[arg(long)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -257,7 +258,7 @@ pub fn run() -> Result<ExitCode> {
             })
         }
         Command::Agent(args) => {
-            crate::agent::server::run(&args.port, &args.config)?;
+            crate::agent::server::run(&args.port, args.config.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Media(args) => {

@@ -8,30 +8,21 @@ use anyhow::{Context, Result, anyhow, bail};
 use tokio::time::Instant;
 
 use crate::agent::client::AgentClient;
-use crate::agent::protocol::AgentConfig;
 use crate::config::{Config, Firmware as ConfigFirmware};
 use crate::controller::{self, HostParts};
-use crate::fsutil::write_atomic;
 use crate::guest::GuestOs;
-use crate::guest::devices::{controller_cmdline_extra, device_set};
+use crate::guest::devices::device_set;
 use crate::secrets::ImageSecrets;
 use crate::vm::accel::{self, Accel};
 use crate::vm::host_tools;
-use crate::vm::qemu::{
-    BootDevice, DirectBoot, Disk, DiskFormat, Firmware, Nic, OVMF_CODE_4M, SerialPort, Share,
-    VmSpec,
-};
+use crate::vm::qemu::{BootDevice, Disk, DiskFormat, Firmware, Nic, OVMF_CODE_4M, VmSpec};
 use crate::vm::rundir::log_tail;
 use crate::vm::supervisor::{Supervisor, Vm};
-use crate::vm::vde::VdeSwitch;
 
 pub const GUEST_MAC: &str = "52:54:00:12:01:01";
 pub const CONTROLLER_MAC: &str = "52:54:00:12:01:02";
-const CONTROLLER_MEMORY_MIB: u64 = 512;
 /// How long QEMU may take to start listening on QMP.
 const QMP_DEADLINE: Duration = Duration::from_secs(30);
-/// The controller is ready in 5-13 s under TCG; leave room for a loaded host.
-const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
 const TAIL: usize = 15;
 
 /// Everything from the host an instance is made of, found and built once
@@ -49,6 +40,7 @@ pub struct HostArtifacts {
     /// The bootable kernel image (bzImage) the stand-in's installer ISO
     /// carries: it boots through the firmware like Windows.
     pub standin_kernel: PathBuf,
+    qemu_version: std::sync::OnceLock<String>,
 }
 
 impl HostArtifacts {
@@ -104,7 +96,27 @@ impl HostArtifacts {
             controller_initrd,
             standin_initrd,
             standin_kernel,
+            qemu_version: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `10.0.2`: the version `qemu --version` reports, asked once.
+    pub fn qemu_version(&self) -> Result<String> {
+        if let Some(v) = self.qemu_version.get() {
+            return Ok(v.clone());
+        }
+        let line = host_tools::first_output_line(&self.qemu, ["--version"])
+            .ok_or_else(|| anyhow!("{} reports no version", self.qemu.display()))?;
+        let version = host_tools::parse_version(&line)
+            .ok_or_else(|| anyhow!("cannot read a version from {line:?}"))?;
+        let text = version
+            .iter()
+            .chain(std::iter::repeat(&0))
+            .take(3)
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(".");
+        Ok(self.qemu_version.get_or_init(|| text).clone())
     }
 
     /// `qemu-img create`: a new disk, or an overlay over `backing`.
@@ -180,6 +192,8 @@ fn agent_binary(exe: &Path, cache: &Path) -> Result<tempfile::TempPath> {
     }
     Ok(tmp)
 }
+
+pub use crate::phases::controller::{Controller, ControllerStarting, spawn_controller};
 
 /// Host directories the controller serves to the guest.
 #[derive(Debug, Clone)]
@@ -273,148 +287,6 @@ pub fn guest_spec(
         };
     }
     Ok(spec)
-}
-
-/// The controller's QEMU spec.
-fn controller_spec(
-    config: &Config,
-    art: &HostArtifacts,
-    run_dir: &Path,
-    switch: &Path,
-    shares: &ShareDirs,
-    control: &Path,
-) -> VmSpec {
-    let net = &config.network;
-    let mut spec = VmSpec::new(
-        "controller",
-        crate::vm::qemu::Machine::Pc,
-        art.accel,
-        &run_dir.join("controller.qmp"),
-    );
-    spec.memory_mib = CONTROLLER_MEMORY_MIB;
-    spec.cpus = 1;
-    spec.serial_log = Some(run_dir.join("controller.serial.log"));
-    spec.direct_boot = Some(DirectBoot {
-        kernel: art.kernel.clone(),
-        initrd: Some(art.controller_initrd.clone()),
-        append: format!(
-            "console=ttyS0 quiet cygvm.addr={}/{} cygvm.guest={} cygvm.user={} {}",
-            net.controller,
-            net.guest.prefix,
-            net.guest.addr,
-            config.guest.admin_user.0,
-            controller_cmdline_extra(&device_set(config.guest.version))
-        )
-        .trim_end()
-        .to_string(),
-    });
-    spec.nics.push(Nic {
-        model: crate::vm::qemu::NicModel::VirtioNet,
-        mac: CONTROLLER_MAC.into(),
-        switch: switch.to_path_buf(),
-    });
-    spec.serial_ports.push(SerialPort {
-        name: controller::AGENT_PORT.into(),
-        socket: run_dir.join("agent.sock"),
-    });
-    spec.shares = vec![
-        Share {
-            tag: "inputs".into(),
-            path: shares.inputs.clone(),
-            read_only: true,
-        },
-        Share {
-            tag: "outputs".into(),
-            path: shares.outputs.clone(),
-            read_only: false,
-        },
-        Share {
-            tag: "control".into(),
-            path: control.to_path_buf(),
-            read_only: true,
-        },
-    ];
-    spec
-}
-
-/// A controller VM whose agent is not connected yet: the guest can start
-/// booting meanwhile.
-pub struct ControllerStarting {
-    pub vm: Vm,
-    pub serial_log: PathBuf,
-    agent_socket: PathBuf,
-}
-
-/// A started controller with its agent connection.
-pub struct Controller {
-    pub vm: Vm,
-    pub agent: AgentClient,
-    pub serial_log: PathBuf,
-}
-
-/// Starts the controller VM: control files on its 9p share, then QEMU.
-pub async fn spawn_controller(
-    sup: &mut Supervisor,
-    config: &Config,
-    art: &HostArtifacts,
-    secrets: &ImageSecrets,
-    switch: &VdeSwitch,
-    shares: &ShareDirs,
-) -> Result<ControllerStarting> {
-    let run_dir = sup.run_dir().path().to_path_buf();
-    let control = run_dir.join("control");
-    std::fs::create_dir_all(&control)?;
-    write_atomic(
-        &control.join(controller::CONTROL_SAMBA_PASSWORD),
-        secrets.samba_password.as_bytes(),
-        0o600,
-    )?;
-    let agent_config = AgentConfig {
-        guest: format!("{}:22", config.network.guest.addr),
-        user: config.guest.admin_user.0.clone(),
-        client_key: secrets
-            .client_key
-            .to_openssh(ssh_key::LineEnding::LF)
-            .map_err(|e| anyhow!("cannot encode the client key: {e}"))?
-            .to_string(),
-        host_key: secrets.host_public_key(),
-    };
-    write_atomic(
-        &control.join("agent.json"),
-        &serde_json::to_vec(&agent_config)?,
-        0o600,
-    )?;
-    let spec = controller_spec(config, art, &run_dir, &switch.dir, shares, &control);
-    let vm = sup
-        .spawn_qemu(&art.qemu, &spec, Instant::now() + QMP_DEADLINE)
-        .await
-        .context("cannot start the controller VM")?;
-    Ok(ControllerStarting {
-        vm,
-        serial_log: run_dir.join("controller.serial.log"),
-        agent_socket: run_dir.join("agent.sock"),
-    })
-}
-
-impl ControllerStarting {
-    /// Waits for the controller's agent to answer.
-    pub async fn connect(self) -> Result<Controller> {
-        let agent = AgentClient::connect(&self.agent_socket, Instant::now() + CONTROLLER_DEADLINE)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "the controller VM did not get ready: {e}\n--- controller serial log ({}) ---\n{}",
-                    self.serial_log.display(),
-                    log_tail(&self.serial_log, TAIL)
-                )
-            })?;
-        tracing::info!("controller ready ({})", agent.agent);
-        Ok(Controller {
-            vm: self.vm,
-            agent,
-            serial_log: self.serial_log,
-        })
-    }
 }
 
 /// Starts the guest VM.
