@@ -209,7 +209,7 @@ fn agent_protocol_over_a_pipe() {
     let server = dropbear(&secrets);
     let cfg = config(&secrets, server.port);
     let input = concat!(
-        "{\"id\":1,\"op\":\"hello\",\"version\":1}\n",
+        "{\"id\":1,\"op\":\"hello\",\"version\":2}\n",
         "{\"id\":2,\"op\":\"exec\",\"command\":\"true\"}\n",
         "{\"id\":3,\"op\":\"wait_ssh\",\"timeout_ms\":20000}\n",
         "{\"id\":4,\"op\":\"exec\",\"command\":\"printf hi; exit 7\"}\n",
@@ -228,7 +228,7 @@ fn agent_protocol_over_a_pipe() {
         .collect();
     assert!(matches!(
         replies[0].body,
-        ReplyBody::Hello { version: 1, .. }
+        ReplyBody::Hello { version: 2, .. }
     ));
     assert!(
         matches!(&replies[1].body, ReplyBody::Error { message, .. } if message.contains("wait_ssh first"))
