@@ -203,11 +203,23 @@ impl AgentClient {
     pub async fn wait_ssh(
         &mut self,
         timeout: Duration,
+        progress: impl FnMut(&str, &str),
+    ) -> Result<(), AgentError> {
+        self.wait_ssh_with(timeout, true, progress).await
+    }
+
+    /// Like [`AgentClient::wait_ssh`]; without `probe` the agent does not
+    /// run `true` once logged in.
+    pub async fn wait_ssh_with(
+        &mut self,
+        timeout: Duration,
+        probe: bool,
         mut progress: impl FnMut(&str, &str),
     ) -> Result<(), AgentError> {
         let id = self
             .send(Op::WaitSsh {
                 timeout_ms: timeout.as_millis() as u64,
+                skip_probe: !probe,
             })
             .await?;
         // The agent enforces the timeout; this bound only guards against

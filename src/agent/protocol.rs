@@ -28,7 +28,14 @@ pub enum Op {
     Configure { settings: RunSettings },
     /// Wait until the guest's sshd answers with the pinned host key and
     /// `true` succeeds, within `timeout_ms`.
-    WaitSsh { timeout_ms: u64 },
+    /// With `skip_probe`, a connection that authenticated is enough (the
+    /// next command shows whether the shell works): one round trip less
+    /// for a revived guest.
+    WaitSsh {
+        timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        skip_probe: bool,
+    },
     /// Run a command in the guest; output is streamed back. `stdin`
     /// (base64), when given, is fed to the command, then closed.
     Exec {

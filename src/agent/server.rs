@@ -90,7 +90,10 @@ impl<W: Write> Agent<W> {
                 )?;
             }
             Op::Configure { settings } => self.configure(id, settings)?,
-            Op::WaitSsh { timeout_ms } => self.wait_ssh(id, Duration::from_millis(timeout_ms))?,
+            Op::WaitSsh {
+                timeout_ms,
+                skip_probe,
+            } => self.wait_ssh(id, Duration::from_millis(timeout_ms), !skip_probe)?,
             Op::Exec { command, stdin } => self.exec(id, &command, stdin.as_deref())?,
             Op::Shutdown => {
                 self.send(id, ReplyBody::Done)?;
@@ -117,7 +120,7 @@ impl<W: Write> Agent<W> {
         self.send(id, ReplyBody::Done)
     }
 
-    fn wait_ssh(&mut self, id: u64, timeout: Duration) -> std::io::Result<()> {
+    fn wait_ssh(&mut self, id: u64, timeout: Duration, probe: bool) -> std::io::Result<()> {
         self.ssh = None;
         let Some(config) = self.config.clone() else {
             return self.error(
@@ -127,7 +130,7 @@ impl<W: Write> Agent<W> {
             );
         };
         let mut stages = Vec::new();
-        let result = GuestSsh::wait_ready(&config, timeout, |stage, detail| {
+        let result = GuestSsh::wait_ready_with(&config, timeout, probe, |stage, detail| {
             stages.push((stage, detail.to_string()));
         });
         for (stage, detail) in stages {

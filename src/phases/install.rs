@@ -330,7 +330,15 @@ impl InstallJob<'_> {
         )?;
         let guest = start_guest(sup, self.art, &spec).await?;
         let mut ctrl = starting.connect().await?;
-        wait_for_ssh(&mut ctrl.agent, os, "boot", config.boot_timeout(), &run_dir).await?;
+        wait_for_ssh(
+            &mut ctrl.agent,
+            os,
+            "boot",
+            config.boot_timeout(),
+            &run_dir,
+            true,
+        )
+        .await?;
         drop(progress);
         let identity = Identity::query(&guest, &spec).await?;
 

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::agent::client::AgentClient;
 use crate::config::{Config, Firmware as ConfigFirmware};
 use crate::controller::{self, HostParts};
+use crate::fsutil::write_atomic;
 use crate::guest::GuestOs;
 use crate::guest::devices::device_set;
 use crate::secrets::ImageSecrets;
@@ -64,15 +65,41 @@ impl HostArtifacts {
             Accel::Tcg => tracing::warn!("{why}"),
         }
         let started = std::time::Instant::now();
+        let step = |what: &str| {
+            tracing::debug!(
+                "[artifacts] {what} at {:.2} s",
+                started.elapsed().as_secs_f64()
+            )
+        };
         let parts = HostParts::from_host().context("cannot assemble the controller VM")?;
         let cache = controller::initrd::default_cache_dir();
+        let memo = ArtifactsMemo::path(&cache, os, &parts, agent);
+        if let Some(built) = memo.as_deref().and_then(ArtifactsMemo::read) {
+            step("initrds known from the last run with the same inputs");
+            return Ok(Self {
+                qemu,
+                qemu_img,
+                accel,
+                kernel: built.kernel,
+                controller_initrd: built.controller_initrd,
+                standin_initrd: built.standin_initrd,
+                standin_kernel: parts.kernel.image.clone(),
+                qemu_version: std::sync::OnceLock::new(),
+            });
+        }
+        step("host parts found");
         let kernel = controller::kernel::pvh_kernel(&parts.kernel, &cache)
             .context("cannot prepare the controller kernel")?;
+        step("kernel");
         let agent = agent_binary(agent, &cache)?;
-        let controller_initrd = controller::controller_initrd(&parts, Some(&agent))?
+        step("agent stripped");
+        let builder = controller::controller_initrd(&parts, Some(&agent))?;
+        step("controller initrd assembled");
+        let controller_initrd = builder
             .build_cached(&cache)
             .context("cannot build the controller initrd")?
             .path;
+        step("controller initrd hashed");
         drop(agent);
         let standin_initrd = match os {
             GuestOs::Standin => Some(
@@ -83,6 +110,15 @@ impl HostArtifacts {
             ),
             GuestOs::Windows => None,
         };
+        step("stand-in initrd");
+        if let Some(memo) = &memo {
+            ArtifactsMemo {
+                kernel: kernel.clone(),
+                controller_initrd: controller_initrd.clone(),
+                standin_initrd: standin_initrd.clone(),
+            }
+            .write(memo);
+        }
         let standin_kernel = parts.kernel.image.clone();
         tracing::debug!(
             "host artifacts ready in {:.2} s",
@@ -164,6 +200,70 @@ impl HostArtifacts {
             );
         }
         Ok(())
+    }
+}
+
+/// The initrds and kernel a run with the same inputs built last: building
+/// them means reading and hashing ~100 MiB, which a run need not repeat
+/// when no input changed. The inputs are known by path, size, inode and
+/// modification time: this cygvm binary (which carries the init scripts),
+/// the kernel and its modules.dep, every host program the initrds take,
+/// and the package database and dynamic linker cache (which change when
+/// any library does).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ArtifactsMemo {
+    kernel: PathBuf,
+    controller_initrd: PathBuf,
+    standin_initrd: Option<PathBuf>,
+}
+
+impl ArtifactsMemo {
+    fn path(cache: &Path, os: GuestOs, parts: &HostParts, agent: &Path) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let inputs = [
+            agent,
+            &parts.kernel.image,
+            &parts.kernel.modules.join("modules.dep"),
+            &parts.busybox,
+            &parts.smbd,
+            &parts.dropbear,
+            &parts.dropbearconvert,
+            &parts.dbclient,
+            &parts.dropbearkey,
+            &parts.bash,
+            Path::new("/var/lib/dpkg/status"),
+            Path::new("/etc/ld.so.cache"),
+        ];
+        let mut parts_text = vec![format!("{os:?}")];
+        for path in inputs {
+            let md = std::fs::metadata(path).ok()?;
+            parts_text.push(format!(
+                "{} {} {} {}.{}",
+                path.display(),
+                md.len(),
+                md.ino(),
+                md.mtime(),
+                md.mtime_nsec()
+            ));
+        }
+        let refs: Vec<(&str, &str)> = parts_text.iter().map(|t| ("input", t.as_str())).collect();
+        let key = crate::snapshot::mapped::key_of(&refs);
+        Some(cache.join(format!("artifacts-{}.json", &key[..16])))
+    }
+
+    fn read(path: &Path) -> Option<Self> {
+        let memo: Self = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let all_there = [&memo.kernel, &memo.controller_initrd]
+            .into_iter()
+            .chain(memo.standin_initrd.as_ref())
+            .all(|p| p.is_file());
+        all_there.then_some(memo)
+    }
+
+    fn write(&self, path: &Path) {
+        if let Ok(bytes) = serde_json::to_vec(self) {
+            let _ = write_atomic(path, &bytes, 0o644);
+        }
     }
 }
 
@@ -316,17 +416,19 @@ pub fn log_report(run_dir: &Path) -> String {
 }
 
 /// Waits for SSH through the agent; on failure the error names the phase,
-/// the deadline and the logs.
+/// the deadline and the logs. Without `probe`, logging in is enough (the
+/// caller's next command is checked).
 pub async fn wait_for_ssh(
     agent: &mut AgentClient,
     os: GuestOs,
     phase: &str,
     timeout: Duration,
     run_dir: &Path,
+    probe: bool,
 ) -> Result<()> {
     let started = std::time::Instant::now();
     let result = agent
-        .wait_ssh(timeout, |stage, detail| {
+        .wait_ssh_with(timeout, probe, |stage, detail| {
             tracing::info!("[{phase}] waiting for SSH ({stage}): {detail}");
         })
         .await;
@@ -364,6 +466,32 @@ pub async fn mount_shares(
         .exec_checked(&cmd.command, cmd.stdin.as_deref().map(str::as_bytes))
         .await
         .context("cannot map the shares in the guest")?;
+    Ok(())
+}
+
+/// For a revived guest, whose clock stopped when it was saved and whose
+/// mappings point at the controller that saved it: sets the clock to now
+/// and maps the shares again, in one command.
+pub async fn set_clock_and_mount_shares(
+    agent: &mut AgentClient,
+    config: &Config,
+    os: GuestOs,
+    secrets: &ImageSecrets,
+) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let cmd = os.mount_shares(
+        config.network.controller,
+        &config.guest.admin_user.0,
+        &secrets.samba_password,
+    );
+    let command = format!("{} && {}", os.set_clock(now), cmd.command);
+    agent
+        .exec_checked(&command, cmd.stdin.as_deref().map(str::as_bytes))
+        .await
+        .context("cannot set the revived guest's clock and map its shares")?;
     Ok(())
 }
 

@@ -76,12 +76,13 @@ pub async fn wait_migration(vm: &Vm, what: &str) -> Result<()> {
 }
 
 /// Feeds a verified state.gz into a guest started with `-incoming defer`,
-/// then resumes it.
+/// then resumes it if `resume`.
 pub async fn load_state(
     vm: &Vm,
     run_dir: &Path,
     state: &Path,
     summary: &StateSummary,
+    resume: bool,
 ) -> Result<()> {
     let sock = run_dir.join("migrate-in.sock");
     vm.qmp
@@ -99,10 +100,12 @@ pub async fn load_state(
         .context("cannot feed the snapshot to QEMU")?;
     stream.shutdown().await.ok();
     wait_migration(vm, "loading the snapshot").await?;
-    vm.qmp
-        .cont()
-        .await
-        .context("cannot resume the revived guest")?;
+    if resume {
+        vm.qmp
+            .cont()
+            .await
+            .context("cannot resume the revived guest")?;
+    }
     Ok(())
 }
 

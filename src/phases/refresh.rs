@@ -230,6 +230,7 @@ async fn update_and_save(
                 "reboot",
                 config.boot_timeout(),
                 &run_dir,
+                true,
             )
             .await?;
             mount_shares(&mut running.ctrl.agent, config, os, instance.secrets).await?;
