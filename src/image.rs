@@ -238,7 +238,18 @@ impl ImageDir {
 
     /// Removes all but the newest `keep` generations, never `current` and
     /// never one a run holds.
-    pub fn prune(&self, keep: usize, _lock: &FileLock) -> Result<Vec<u32>, ImageError> {
+    pub fn prune(&self, keep: usize, lock: &FileLock) -> Result<Vec<u32>, ImageError> {
+        self.prune_with(keep, lock, |_| {})
+    }
+
+    /// Like [`ImageDir::prune`], calling `removing` with each generation
+    /// just before it goes (while no run can take it).
+    pub fn prune_with(
+        &self,
+        keep: usize,
+        _lock: &FileLock,
+        mut removing: impl FnMut(&Generation),
+    ) -> Result<Vec<u32>, ImageError> {
         let current = self.current().ok();
         let gens = self.generations()?;
         let mut removed = Vec::new();
@@ -250,6 +261,7 @@ impl ImageDir {
             let Ok(lock) = FileLock::acquire(&g.dir.join(LOCK), libc::LOCK_EX) else {
                 continue;
             };
+            removing(&g);
             fs::remove_dir_all(&g.dir).map_err(io("remove", &g.dir))?;
             drop(lock);
             removed.push(g.number);

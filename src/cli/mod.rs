@@ -61,9 +61,31 @@ pub enum Command {
         after_help = "Examples:\n  cygvm media --config cygvm.toml --out media\n  cygvm media --config cygvm.toml --list-editions\n\nWith `guest.iso` set, the configured `guest.edition` or `guest.index` is\nlooked up in the ISO's sources/install.wim (or install.esd) first; nothing\nis written if the ISO lacks it."
     )]
     Media(MediaArgs),
+    /// Show, check or remove this host's snapshot caches (controller VM,
+    /// expanded guest snapshots).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cygvm cache list\n  cygvm cache verify\n  cygvm cache remove --all\n\nThe caches live in $XDG_CACHE_HOME/cygvm (~/.cache/cygvm). Everything in\nthem is made again by the next run that needs it."
+    )]
+    Cache(CacheCommand),
     /// The controller VM's agent (runs inside the controller, not on the host).
     #[command(hide = true)]
     Agent(AgentArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// What the caches hold: each snapshot, its size on disk and what it is for.
+    List,
+    /// Check every cached snapshot in full (hashing its RAM file); exits 1
+    /// if one is damaged.
+    Verify,
+    /// Remove cached snapshots by name (as `list` shows), or all.
+    Remove {
+        names: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +278,19 @@ pub fn run() -> Result<ExitCode> {
                 keep_failed: args.keep_failed,
                 command: args.command,
             })
+        }
+        Command::Cache(cmd) => {
+            let root = crate::cache::root();
+            print!(
+                "{}",
+                match cmd {
+                    CacheCommand::List => crate::cache::list(&root),
+                    CacheCommand::Verify => crate::cache::verify(&root)?,
+                    CacheCommand::Remove { names, all } =>
+                        crate::cache::remove(&root, &names, all)?,
+                }
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {
             crate::agent::server::run(&args.port, args.config.as_deref())?;

@@ -313,7 +313,7 @@ async fn cached_snapshot(
     save_devices(&vm, &builder.devices()).await?;
     drop(agent);
     sup.stop(vm.child).await;
-    let made = builder.commit(&key, "controller VM", &qemu_version)?;
+    let made = builder.commit(&key, "controller VM", None, &qemu_version)?;
     tracing::info!(
         "controller snapshot made in {:.1} s",
         started.elapsed().as_secs_f64()

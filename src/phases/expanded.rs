@@ -69,6 +69,28 @@ impl ExpandedKey {
     }
 }
 
+/// Removes this host's expanded forms of `generation`'s snapshot: called
+/// when it is pruned. Runs still going keep their mappings (the files
+/// live until the last one ends).
+pub fn forget_generation(generation: &crate::image::Generation) {
+    let Ok(manifest) = crate::snapshot::Manifest::load(&generation.manifest()) else {
+        return;
+    };
+    let Some(state) = manifest.state else { return };
+    for (dir, meta) in mapped::list(&cache_dir()) {
+        if meta.source.as_deref() == Some(state.sha256.as_str()) {
+            match mapped::remove(&dir) {
+                Ok(()) => tracing::info!(
+                    "removed the expanded snapshot of generation {} ({})",
+                    generation.number,
+                    dir.display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
+            }
+        }
+    }
+}
+
 /// Makes the expanded form of `state` (verified by the caller) with a guest
 /// QEMU of `spec`'s devices, under the cache lock; another run that made it
 /// meanwhile is taken as is. Never leaves a partial one under its name.
@@ -121,7 +143,12 @@ pub async fn expand(
     .await;
     let status = sup.stop(vm.child).await;
     result.with_context(|| format!("expanding the snapshot failed (QEMU: {status})"))?;
-    let made = builder.commit(&key.key, describes, &key.qemu_version)?;
+    let made = builder.commit(
+        &key.key,
+        describes,
+        Some(&summary.sha256),
+        &key.qemu_version,
+    )?;
     tracing::info!(
         "expanded the snapshot into {} in {:.1} s",
         made.dir.display(),

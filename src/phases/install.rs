@@ -161,8 +161,15 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         created: rfc3339_utc(std::time::SystemTime::now()),
     };
     manifest.save(&pending.manifest())?;
+    if let Err(e) = crate::phases::run::verify_revives(&image, &pending, opts.keep_failed) {
+        return Err(failed(e, &pending, opts.keep_failed));
+    }
     let generation = pending.publish()?;
-    image.prune(KEEP_GENERATIONS, &lock)?;
+    image.prune_with(
+        KEEP_GENERATIONS,
+        &lock,
+        crate::phases::expanded::forget_generation,
+    )?;
     println!(
         "installed {} ({}): generation {} in {}",
         config.image.name,

@@ -20,7 +20,7 @@ use crate::phases::instance::{
     HostArtifacts, copy_logs, mount_shares, run_provision, wait_for_ssh,
 };
 use crate::phases::migration::save_state;
-use crate::phases::run::{Instance, RunOptions, run_command};
+use crate::phases::run::{Instance, RunOptions, verify_revives};
 use crate::phases::{Identity, runtime, supervise};
 use crate::secrets::ImageSecrets;
 use crate::snapshot::manifest::rfc3339_utc;
@@ -68,7 +68,11 @@ pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
     }
     let number = pending.number;
     let published = pending.publish()?;
-    let removed = image.prune(config.image.keep.0, &lock)?;
+    let removed = image.prune_with(
+        config.image.keep.0,
+        &lock,
+        crate::phases::expanded::forget_generation,
+    )?;
     println!(
         "refreshed {}: generation {number} is current ({}){}",
         config.image.name,
@@ -177,22 +181,7 @@ fn refresh(
     };
     manifest.save(&pending.manifest())?;
 
-    // Verify: the new generation revives and runs `true`.
-    tracing::info!("[verify] reviving generation {} once", pending.number);
-    let verify_opts = RunOptions {
-        image: image.root.clone(),
-        input: None,
-        output: None,
-        keep_failed: opts.keep_failed,
-        cold: false,
-        command: vec!["true".into()],
-    };
-    let status = run_command(image, pending, &verify_opts, &verify_opts.command)
-        .context("the new generation does not revive")?;
-    if status != 0 {
-        bail!("the new generation revives, but `true` ended with {status}");
-    }
-    Ok(())
+    verify_revives(image, pending, opts.keep_failed)
 }
 
 /// Runs the update in the revived guest, brings it back to the ready

@@ -70,6 +70,27 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode> {
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
+/// Revives a new `generation` once and runs `true` in it: what install and
+/// refresh check before they publish one. It also leaves the generation's
+/// expanded snapshot in this host's cache, so the first run is fast too.
+pub fn verify_revives(image: &ImageDir, generation: &Generation, keep_failed: bool) -> Result<()> {
+    tracing::info!("[verify] reviving generation {} once", generation.number);
+    let opts = RunOptions {
+        image: image.root.clone(),
+        input: None,
+        output: None,
+        keep_failed,
+        cold: false,
+        command: vec!["true".into()],
+    };
+    let status = run_command(image, generation, &opts, &opts.command)
+        .context("the new generation does not revive")?;
+    if status != 0 {
+        bail!("the new generation revives, but `true` ended with {status}");
+    }
+    Ok(())
+}
+
 /// Runs `command` in an instance of `generation`; returns its exit code.
 pub fn run_command(
     image: &ImageDir,

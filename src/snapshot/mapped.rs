@@ -91,6 +91,9 @@ pub struct MappedMeta {
     pub key: String,
     /// For people: what this is a snapshot of.
     pub describes: String,
+    /// The sha256 of the state.gz it was expanded from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub qemu_version: String,
     pub memory_bytes: u64,
     pub ram: FileStamp,
@@ -238,6 +241,26 @@ fn tmp_name(dir: &Path, what: &str) -> PathBuf {
     ))
 }
 
+/// The expanded snapshots under `dir` with their meta (unreadable ones
+/// are left out).
+pub fn list(dir: &Path) -> Vec<(PathBuf, MappedMeta)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .filter_map(|p| Mapped::read_meta(&p).ok().map(|m| (p, m)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// The lock that serializes building `dir`.
 pub fn lock(dir: &Path) -> Result<FileLock, MappedError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
@@ -305,6 +328,7 @@ impl Builder {
         mut self,
         key: &str,
         describes: &str,
+        source: Option<&str>,
         qemu_version: &str,
     ) -> Result<Mapped, MappedError> {
         for path in [self.ram(), self.devices()] {
@@ -317,6 +341,7 @@ impl Builder {
             format: FORMAT,
             key: key.to_string(),
             describes: describes.to_string(),
+            source: source.map(str::to_string),
             qemu_version: qemu_version.to_string(),
             memory_bytes: self.memory_bytes,
             ram: FileStamp::of(&self.ram())?,
@@ -373,7 +398,7 @@ mod tests {
         let b = Builder::new(dir, 1 << 20).unwrap();
         std::fs::write(b.ram(), vec![7u8; 1 << 20]).unwrap();
         std::fs::write(b.devices(), b"devices").unwrap();
-        b.commit("k", "test", "10.0.2").unwrap()
+        b.commit("k", "test", None, "10.0.2").unwrap()
     }
 
     #[test]
