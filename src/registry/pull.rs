@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::artifact::{ArtifactLayout, LayerKind, OciManifest, PulledLayer};
 use super::client::RegistryClient;
-use super::progress::{TransferProgress, human_bytes};
+use super::progress::{BlobProgress, TransferProgress, human_bytes};
 use super::push::sha256_digest;
 use super::reference::{Reference, Selector};
 use super::store::{Store, seal};
@@ -209,9 +209,12 @@ impl PullJob<'_> {
                         let Some(file) = file_of(&layers[i].target) else {
                             continue;
                         };
-                        let r = self.fetch_layer(&layers[i], file).and_then(|()| {
+                        // The line a user sees comes after the marker: what
+                        // is reported as pulled is never fetched again.
+                        let r = self.fetch_layer(&layers[i], file).and_then(|(bar, bytes)| {
                             File::create(&marker)
                                 .with_context(|| format!("cannot write {}", marker.display()))?;
+                            bar.finish(&format!("pulled {}", human_bytes(bytes)));
                             Ok(())
                         });
                         if let Err(e) = r {
@@ -243,8 +246,9 @@ impl PullJob<'_> {
         format!("{}/{}", self.client.registry, self.client.repository)
     }
 
-    /// Fetches one layer into its place in `file`, verified and synced.
-    fn fetch_layer(&self, layer: &PulledLayer, file: &File) -> Result<()> {
+    /// Fetches one layer into its place in `file`, verified and synced;
+    /// returns its progress bar and the bytes received.
+    fn fetch_layer(&self, layer: &PulledLayer, file: &File) -> Result<(BlobProgress, u64)> {
         let d = &layer.descriptor;
         let bar = self.progress.blob(
             format!("{} @{}", layer.target.display(), human_bytes(layer.offset)),
@@ -332,8 +336,7 @@ impl PullJob<'_> {
         file.sync_data()
             .with_context(|| format!("cannot sync {}", layer.target.display()))?;
         self.fetched.fetch_add(received, Ordering::Relaxed);
-        bar.finish(&format!("pulled {}", human_bytes(received)));
-        Ok(())
+        Ok((bar, received))
     }
 
     fn mismatch(&self, d: &super::artifact::Descriptor, actual: String) -> anyhow::Error {
