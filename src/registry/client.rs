@@ -24,7 +24,7 @@ pub enum RegistryError {
         url: String,
         hint: &'static str,
         #[source]
-        source: ureq::Error,
+        source: Box<ureq::Error>,
     },
     #[error(
         "registry {registry} wants credentials and none are stored for it (looked in {files}); \
@@ -232,7 +232,7 @@ impl RegistryClient {
                 } else {
                     ""
                 },
-                source,
+                source: Box::new(source),
             })?;
             if response.status() != 401 {
                 return Ok(response);
@@ -310,7 +310,7 @@ impl RegistryClient {
             registry: self.registry.clone(),
             url: realm.to_string(),
             hint: " (its token service)",
-            source,
+            source: Box::new(source),
         })?;
         if response.status() == 401 || response.status() == 403 {
             return Err(self.refused());
