@@ -201,7 +201,8 @@ fn bench() -> Result<()> {
         )
     };
     let body = format!(
-        "Command: `cargo bench --bench registry` (release build; 2 cores; registry and \
+        "## Registry push and pull, against skopeo\n\n\
+         Command: `cargo bench --bench registry` (release build; 2 cores; registry and \
          client on one host over loopback).\n\n\
          A synthetic generation: {DISK_MIB} MiB disk + {STATE_MIB} MiB migration stream \
          ({:.2} GiB of files; state.gz by cygvm's writer), {:.2} GiB of blobs in the registry \
