@@ -94,7 +94,7 @@ pub fn generation_name(number: u32) -> String {
     format!("gen-{number:04}")
 }
 
-fn parse_generation(name: &str) -> Option<u32> {
+pub fn parse_generation(name: &str) -> Option<u32> {
     name.strip_prefix("gen-")
         .filter(|n| n.len() >= 4 && n.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.parse().ok())

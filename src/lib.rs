@@ -15,6 +15,7 @@ pub mod guest;
 pub mod image;
 pub mod media;
 pub mod phases;
+pub mod registry;
 pub mod secrets;
 pub mod snapshot;
 pub mod vm;
