@@ -19,8 +19,11 @@ pub struct Agent<W: Write> {
     config: Option<AgentConfig>,
     ssh: Option<GuestSsh>,
     /// What `configure` does to the controller; none in tests.
-    setup: Option<Box<dyn FnMut(&RunSettings) -> Result<(), String>>>,
+    setup: Option<Box<Setup>>,
 }
+
+/// What `configure` does to the controller besides keeping the settings.
+type Setup = dyn FnMut(&RunSettings) -> Result<(), String>;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
