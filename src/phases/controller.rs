@@ -152,14 +152,32 @@ pub async fn spawn_controller(
     switch: &VdeSwitch,
     shares: &ShareDirs,
 ) -> Result<ControllerStarting> {
+    spawn_controller_with(sup, config, art, secrets, switch, shares, true).await
+}
+
+/// Like [`spawn_controller`]; with `revive` false the controller boots
+/// (what benchmarks compare against).
+pub async fn spawn_controller_with(
+    sup: &mut Supervisor,
+    config: &Config,
+    art: &HostArtifacts,
+    secrets: &ImageSecrets,
+    switch: &VdeSwitch,
+    shares: &ShareDirs,
+    revive: bool,
+) -> Result<ControllerStarting> {
     let run_dir = sup.run_dir().path().to_path_buf();
     let settings = run_settings(config, secrets)?;
-    let snapshot = match cached_snapshot(sup, config, art, switch).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("booting the controller VM instead of reviving it: {e:#}");
-            None
+    let snapshot = if revive {
+        match cached_snapshot(sup, config, art, switch).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("booting the controller VM instead of reviving it: {e:#}");
+                None
+            }
         }
+    } else {
+        None
     };
     let mut spec = controller_spec(config, art, &run_dir, "controller", &switch.dir, shares);
     if let Some(snap) = &snapshot {

@@ -161,7 +161,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         created: rfc3339_utc(std::time::SystemTime::now()),
     };
     manifest.save(&pending.manifest())?;
-    if let Err(e) = crate::phases::run::verify_revives(&image, &pending, opts.keep_failed) {
+    if let Err(e) = crate::phases::run::verify_revives(&image, &pending, &art, opts.keep_failed) {
         return Err(failed(e, &pending, opts.keep_failed));
     }
     let generation = pending.publish()?;

@@ -181,7 +181,7 @@ fn refresh(
     };
     manifest.save(&pending.manifest())?;
 
-    verify_revives(image, pending, opts.keep_failed)
+    verify_revives(image, pending, art, opts.keep_failed)
 }
 
 /// Runs the update in the revived guest, brings it back to the ready

@@ -73,7 +73,12 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode> {
 /// Revives a new `generation` once and runs `true` in it: what install and
 /// refresh check before they publish one. It also leaves the generation's
 /// expanded snapshot in this host's cache, so the first run is fast too.
-pub fn verify_revives(image: &ImageDir, generation: &Generation, keep_failed: bool) -> Result<()> {
+pub fn verify_revives(
+    image: &ImageDir,
+    generation: &Generation,
+    art: &HostArtifacts,
+    keep_failed: bool,
+) -> Result<()> {
     tracing::info!("[verify] reviving generation {} once", generation.number);
     let opts = RunOptions {
         image: image.root.clone(),
@@ -83,7 +88,7 @@ pub fn verify_revives(image: &ImageDir, generation: &Generation, keep_failed: bo
         cold: false,
         command: vec!["true".into()],
     };
-    let status = run_command(image, generation, &opts, &opts.command)
+    let status = run_command_with(image, generation, &opts, &opts.command, art)
         .context("the new generation does not revive")?;
     if status != 0 {
         bail!("the new generation revives, but `true` ended with {status}");
@@ -99,9 +104,21 @@ pub fn run_command(
     command: &[String],
 ) -> Result<i32> {
     let config = Config::load_generation(&generation.dir)?;
+    let art = HostArtifacts::prepare(GuestOs::from_config(&config))?;
+    run_command_with(image, generation, opts, command, &art)
+}
+
+/// Like [`run_command`], with the host's artifacts already prepared.
+pub fn run_command_with(
+    image: &ImageDir,
+    generation: &Generation,
+    opts: &RunOptions,
+    command: &[String],
+    art: &HostArtifacts,
+) -> Result<i32> {
+    let config = Config::load_generation(&generation.dir)?;
     let os = GuestOs::from_config(&config);
     let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
-    let art = HostArtifacts::prepare(os)?;
     // The overlay takes every write the guest makes: it lives on the image's
     // disk, not in the run dir (often a small tmpfs under XDG_RUNTIME_DIR),
     // and goes when the run ends.
@@ -109,7 +126,7 @@ pub fn run_command(
     let job = Instance {
         config: &config,
         os,
-        art: &art,
+        art,
         secrets: &secrets,
         generation,
         opts,
