@@ -33,6 +33,13 @@ pub async fn save_state(vm: &Vm, run_dir: &Path, dest: &Path) -> Result<StateSum
         .migrate_set_parameters(json!({ "max-bandwidth": UNLIMITED_BANDWIDTH }))
         .await
         .context("cannot lift QEMU's migration bandwidth cap")?;
+    // A guest revived from an expanded snapshot was loaded with
+    // x-ignore-shared on, and its RAM is a file: state.gz must hold that
+    // RAM all the same.
+    vm.qmp
+        .migrate_set_capabilities(&[(IGNORE_SHARED, false)])
+        .await
+        .context("cannot include file-backed RAM in the migration")?;
     vm.qmp.stop().await.context("cannot pause the guest")?;
     let writer = MigrationWriter::create(dest, CodecOptions::default())?;
     let receive = tokio::spawn(async move {
