@@ -41,6 +41,7 @@ pub async fn save_state(vm: &Vm, run_dir: &Path, dest: &Path) -> Result<StateSum
         .await
         .context("cannot include file-backed RAM in the migration")?;
     vm.qmp.stop().await.context("cannot pause the guest")?;
+    let started = std::time::Instant::now();
     let writer = MigrationWriter::create(dest, CodecOptions::default())?;
     let receive = tokio::spawn(async move {
         let (stream, _) = listener.accept().await?;
@@ -55,7 +56,15 @@ pub async fn save_state(vm: &Vm, run_dir: &Path, dest: &Path) -> Result<StateSum
         .map_err(|_| anyhow!("the snapshot was not saved within {MIGRATION_DEADLINE:?}"))?
         .context("the snapshot writer stopped")??;
     wait_migration(vm, "saving the snapshot").await?;
+    tracing::debug!(
+        "[save] stream written and compressed {:.2} s after stop",
+        started.elapsed().as_secs_f64()
+    );
     let summary = pending.commit()?;
+    tracing::debug!(
+        "[save] state.gz synced and renamed {:.2} s after stop",
+        started.elapsed().as_secs_f64()
+    );
     Ok(summary)
 }
 
