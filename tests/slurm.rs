@@ -1,0 +1,189 @@
+//! Revive-and-build jobs on a real Slurm: a single-node cluster (munged,
+//! slurmctld, slurmd from Debian's munge and slurm-wlm) with two `vmslot`
+//! generic resources runs examples/slurm/cygvm-array.sbatch as an array of
+//! four `cygvm run`s of the stand-in image, as docs/cluster.md tells an
+//! admin to. Every task's output comes back, no more than two VMs run at
+//! once, and the task whose build fails is FAILED with its exit code.
+//!
+//! Needs root and the packages (scripts/install-deps). Without them the test
+//! skips, except under CI (CI or CYGVM_REQUIRE_FIXTURES set), where it fails.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[path = "common/slurm_cluster.rs"]
+mod slurm_cluster;
+#[path = "common/workspace.rs"]
+mod workspace;
+
+use slurm_cluster::{Cluster, ClusterSpec, JobRecord};
+use workspace::{Workspace, text};
+
+const TASKS: u32 = 4;
+const VM_SLOTS: u32 = 2;
+/// The build each task runs in the guest: its own output, and task 3 fails.
+const BUILD: &str = r#"echo "task $1" > /outputs/out; if [ "$1" = 3 ]; then exit 3; fi"#;
+
+fn required() -> bool {
+    let set = |name| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "false");
+    set("CI") || set("CYGVM_REQUIRE_FIXTURES")
+}
+
+/// A time of jobcomp/filetxt (`2026-11-30T18:28:29`, whole seconds) as a
+/// number in the same order: only the order of starts and ends matters.
+fn seconds(stamp: &str) -> i64 {
+    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+    assert_eq!(digits.len(), 14, "a jobcomp time: {stamp}");
+    digits.parse().unwrap()
+}
+
+/// The most jobs whose [start, end) intervals overlap at one instant.
+fn most_at_once(records: &[JobRecord]) -> usize {
+    let spans: Vec<(i64, i64)> = records
+        .iter()
+        .map(|r| {
+            (
+                seconds(r.get("StartTime").unwrap()),
+                seconds(r.get("EndTime").unwrap()),
+            )
+        })
+        .collect();
+    spans
+        .iter()
+        .map(|&(at, _)| spans.iter().filter(|&&(s, e)| s <= at && at < e).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "starts Slurm's daemons and boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
+    if let Err(why) = slurm_cluster::check_host() {
+        assert!(!required(), "cannot start a Slurm cluster: {why}");
+        eprintln!("skipping: cannot start a Slurm cluster: {why}");
+        return;
+    }
+    let cluster = Cluster::start(&ClusterSpec {
+        vm_slots: VM_SLOTS,
+        cpus: 8,
+    });
+    let started = Instant::now();
+    let ws = Workspace::installed("slurm");
+    let installed = started.elapsed();
+    let outputs = ws.path().join("outputs");
+    let scratch = ws.path().join("tmp");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/slurm/cygvm-array.sbatch");
+
+    let mut sbatch = cluster.command("sbatch");
+    sbatch
+        .args(["--wait", "--parsable", &format!("--array=0-{}", TASKS - 1)])
+        .arg(&script)
+        .current_dir(ws.path())
+        .env("CYGVM", env!("CARGO_BIN_EXE_cygvm"))
+        .env("CYGVM_IMAGE", ws.image())
+        .env("CYGVM_BUILD", BUILD)
+        .env("CYGVM_OUTPUT_ROOT", &outputs)
+        .env("TMPDIR", &scratch)
+        .env_remove("RUST_LOG");
+    let started = Instant::now();
+    let submitted = cluster.sbatch_wait(sbatch, Duration::from_secs(900));
+    eprintln!(
+        "image installed in {:.0} s; {TASKS} tasks on {VM_SLOTS} slots done in {:.0} s",
+        installed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let job = text(&submitted.stdout).trim().to_string();
+    let logs = || {
+        let mut all = String::new();
+        for task in 0..TASKS {
+            let log = ws.path().join(format!("cygvm-{job}_{task}.log"));
+            all += &format!(
+                "--- task {task}: {} ---\n{}\n",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        all + &cluster.logs()
+    };
+    // sbatch --wait ends with the highest exit code of the array's tasks.
+    assert_eq!(
+        submitted.status.code(),
+        Some(3),
+        "sbatch: {}\n{}",
+        text(&submitted.stderr),
+        logs()
+    );
+
+    for task in 0..TASKS {
+        let out = outputs.join(task.to_string()).join("out");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            format!("task {task}\n"),
+            "{}\n{}",
+            out.display(),
+            logs()
+        );
+    }
+
+    let records = cluster.completions(&job, TASKS as usize);
+    for task in 0..TASKS {
+        let record = records
+            .iter()
+            .find(|r| r.get("ArrayTaskId") == Some(&task.to_string()))
+            .unwrap_or_else(|| panic!("no completion record of task {task}"));
+        let expected = if task == 3 {
+            ("FAILED", "3:0")
+        } else {
+            ("COMPLETED", "0:0")
+        };
+        assert_eq!(
+            (
+                record.get("JobState").unwrap(),
+                record.get("ExitCode").unwrap()
+            ),
+            expected,
+            "task {task}\n{}",
+            logs()
+        );
+    }
+    // scontrol, as an admin without slurmdbd would ask.
+    let shown = cluster
+        .command("scontrol")
+        .args(["show", "job", &format!("{job}_3")])
+        .output()
+        .unwrap();
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("JobState=FAILED") && shown.contains("ExitCode=3:0"),
+        "{shown}"
+    );
+
+    // Two slots: the four tasks ran two at a time, never more.
+    assert_eq!(most_at_once(&records), VM_SLOTS as usize, "{}", logs());
+
+    // Every task cleaned up after itself: no VM, no scratch.
+    assert!(ws.processes().is_empty(), "{:?}", ws.processes());
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+    // Job steps end shortly after Slurm records their jobs as done.
+    let jobs_left = || -> Vec<String> {
+        cluster
+            .processes()
+            .into_iter()
+            .map(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                format!("{pid} {}", comm.trim())
+            })
+            .filter(|p| {
+                let daemon = p.rsplit(' ').next().unwrap_or_default();
+                !matches!(daemon, "munged" | "slurmctld" | "slurmscriptd" | "slurmd")
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !jobs_left().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(jobs_left().is_empty(), "{:?}", jobs_left());
+}
