@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
+use crate::events;
 use crate::guest::{GuestOs, UPDATE_NEEDS_REBOOT};
 use crate::image::{Generation, ImageDir, PendingGeneration};
 use crate::media;
@@ -67,8 +68,10 @@ pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
         }
     }
     let number = pending.number;
+    let publish = events::phase("publish");
     let published = pending.publish()?;
     let removed = image.prune(config.image.keep.0, &lock)?;
+    publish.done();
     println!(
         "refreshed {}: generation {number} is current ({}){}",
         config.image.name,
@@ -93,6 +96,7 @@ fn refresh(
     pending: &PendingGeneration,
     opts: &RefreshOptions,
 ) -> Result<()> {
+    let prepare = events::phase("prepare");
     let config_dir = &current.dir;
     for name in ["config.toml", "config.base"] {
         if config_dir.join(name).exists() {
@@ -137,6 +141,8 @@ fn refresh(
         state_dir: Some(pending.dir.clone()),
     };
     let revive = instance.check_snapshot()?;
+    prepare.done();
+    let update_phase = events::phase("update");
     let logs = pending.logs();
     let (identity, summary) = runtime()?.block_on(supervise(
         &format!("refresh-{}", config.image.name),
@@ -155,8 +161,10 @@ fn refresh(
             result
         },
     ))?;
+    update_phase.done();
 
     // The overlay becomes a standalone base disk; the old one is untouched.
+    let save = events::phase("save");
     let overlay = pending.dir.join("overlay.qcow2");
     art.convert_disk(&overlay, &pending.disk())?;
     std::fs::remove_file(&overlay)?;
@@ -176,8 +184,10 @@ fn refresh(
         created: rfc3339_utc(std::time::SystemTime::now()),
     };
     manifest.save(&pending.manifest())?;
+    save.done();
 
     // Verify: the new generation revives and runs `true`.
+    let verify = events::phase("verify");
     tracing::info!("[verify] reviving generation {} once", pending.number);
     let verify_opts = RunOptions {
         image: image.root.clone(),
@@ -192,6 +202,7 @@ fn refresh(
     if status != 0 {
         bail!("the new generation revives, but `true` ended with {status}");
     }
+    verify.done();
     Ok(())
 }
 
@@ -212,7 +223,11 @@ async fn update_and_save(
     let exit = running
         .ctrl
         .agent
-        .exec(update, &mut tokio::io::stderr(), &mut tokio::io::stderr())
+        .exec(
+            update,
+            &mut events::command_stderr(),
+            &mut events::command_stderr(),
+        )
         .await?;
     match exit.exit_code() {
         0 => {}
