@@ -3,7 +3,9 @@
 //! generic resources runs examples/slurm/cygvm-array.sbatch as an array of
 //! four `cygvm run`s of the stand-in image, as docs/cluster.md tells an
 //! admin to. Every task's output comes back, no more than two VMs run at
-//! once, and the task whose build fails is FAILED with its exit code.
+//! once, and the task whose build fails is FAILED with its exit code. The
+//! image is installed, and the tasks run, with `--json=FILE` progress events,
+//! as a pipeline would follow them.
 //!
 //! Needs root and the packages (scripts/install-deps). Without them the test
 //! skips, except under CI (CI or CYGVM_REQUIRE_FIXTURES set), where it fails.
@@ -16,7 +18,7 @@ mod slurm_cluster;
 #[path = "common/workspace.rs"]
 mod workspace;
 
-use slurm_cluster::{Cluster, ClusterSpec, JobRecord};
+use slurm_cluster::{Cluster, ClusterSpec};
 use workspace::{Workspace, text};
 
 const TASKS: u32 = 4;
@@ -29,30 +31,84 @@ fn required() -> bool {
     set("CI") || set("CYGVM_REQUIRE_FIXTURES")
 }
 
-/// A time of jobcomp/filetxt (`2026-11-30T18:28:29`, whole seconds) as a
-/// number in the same order: only the order of starts and ends matters.
-fn seconds(stamp: &str) -> i64 {
+/// A time as a number in the same order — jobcomp's `2026-11-30T18:28:29`
+/// or an event's `2026-11-30T18:28:29.123Z`, each compared with its kind:
+/// only the order of starts and ends matters.
+fn instant(stamp: &str) -> i64 {
     let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    assert_eq!(digits.len(), 14, "a jobcomp time: {stamp}");
+    assert!(matches!(digits.len(), 14 | 17), "a time: {stamp}");
     digits.parse().unwrap()
 }
 
-/// The most jobs whose [start, end) intervals overlap at one instant.
-fn most_at_once(records: &[JobRecord]) -> usize {
-    let spans: Vec<(i64, i64)> = records
-        .iter()
-        .map(|r| {
-            (
-                seconds(r.get("StartTime").unwrap()),
-                seconds(r.get("EndTime").unwrap()),
-            )
-        })
-        .collect();
+/// The most [start, end) spans that overlap at one instant.
+fn most_at_once(spans: &[(i64, i64)]) -> usize {
     spans
         .iter()
         .map(|&(at, _)| spans.iter().filter(|&&(s, e)| s <= at && at < e).count())
         .max()
         .unwrap_or(0)
+}
+
+/// The events of one `--json=FILE`.
+fn events(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read events {}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `kind phase` for phase events, `kind` for the others.
+fn summary(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let kind = e["event"].as_str().unwrap_or_default();
+            match e["phase"].as_str() {
+                Some(phase) => {
+                    assert_ne!(e["ok"], false, "{e}");
+                    format!("{kind} {phase}")
+                }
+                None => kind.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Installs the stand-in image as a CI pipeline would, following it by its
+/// `--json=FILE` events: every install phase in order, and success.
+fn install_following_events() -> Workspace {
+    let ws = Workspace::new("slurm", "");
+    let events_file = ws.path().join("install.events.jsonl");
+    let out = ws
+        .cygvm()
+        .args(["install", "--config", "cygvm.toml"])
+        .arg(format!("--json={}", events_file.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "install failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let events = events(&events_file);
+    let mut expected = vec!["started".to_string()];
+    for phase in [
+        "prepare",
+        "media",
+        "guest-install",
+        "boot",
+        "snapshot",
+        "publish",
+    ] {
+        expected.push(format!("phase_started {phase}"));
+        expected.push(format!("phase_finished {phase}"));
+    }
+    expected.push("finished".into());
+    assert_eq!(summary(&events), expected);
+    assert_eq!(events.last().unwrap()["exit_status"], 0);
+    ws
 }
 
 #[test]
@@ -68,7 +124,7 @@ fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
         cpus: 8,
     });
     let started = Instant::now();
-    let ws = Workspace::installed("slurm");
+    let ws = install_following_events();
     let installed = started.elapsed();
     let outputs = ws.path().join("outputs");
     let scratch = ws.path().join("tmp");
@@ -84,6 +140,7 @@ fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
         .env("CYGVM_IMAGE", ws.image())
         .env("CYGVM_BUILD", BUILD)
         .env("CYGVM_OUTPUT_ROOT", &outputs)
+        .env("CYGVM_JSON", "1")
         .env("TMPDIR", &scratch)
         .env_remove("RUST_LOG");
     let started = Instant::now();
@@ -159,8 +216,40 @@ fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
         "{shown}"
     );
 
-    // Two slots: the four tasks ran two at a time, never more.
-    assert_eq!(most_at_once(&records), VM_SLOTS as usize, "{}", logs());
+    // Two slots: the four tasks ran two at a time, never more — as Slurm
+    // recorded the jobs (whole seconds), and as each task's cygvm saw its
+    // own run from start to finish (milliseconds).
+    let jobs: Vec<(i64, i64)> = records
+        .iter()
+        .map(|r| {
+            let time = |key| instant(r.get(key).unwrap());
+            (time("StartTime"), time("EndTime"))
+        })
+        .collect();
+    assert_eq!(most_at_once(&jobs), VM_SLOTS as usize, "{}", logs());
+    let mut runs = Vec::new();
+    for task in 0..TASKS {
+        let events = events(&outputs.join(format!("{task}.events.jsonl")));
+        let seen = summary(&events);
+        assert_eq!(
+            seen.iter()
+                .filter(|s| s.starts_with("phase_finished"))
+                .collect::<Vec<_>>(),
+            [
+                "phase_finished prepare",
+                "phase_finished revive",
+                "phase_finished command"
+            ],
+            "task {task}"
+        );
+        let finished = events.last().unwrap();
+        assert_eq!(finished["event"], "finished");
+        assert_eq!(finished["exit_status"], if task == 3 { 3 } else { 0 });
+        assert!(finished.get("error").is_none(), "{finished}");
+        let time = |e: &serde_json::Value| instant(e["time"].as_str().unwrap());
+        runs.push((time(&events[0]), time(finished)));
+    }
+    assert_eq!(most_at_once(&runs), VM_SLOTS as usize, "{runs:?}");
 
     // Every task cleaned up after itself: no VM, no scratch.
     assert!(ws.processes().is_empty(), "{:?}", ws.processes());
