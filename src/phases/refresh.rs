@@ -38,6 +38,7 @@ pub struct RefreshOptions {
 }
 
 pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
+    let prepare = events::phase("prepare");
     let image = ImageDir::new(&opts.image);
     let lock = image.lock_exclusive()?;
     let current = image.current()?;
@@ -48,6 +49,7 @@ pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
     let art = HostArtifacts::prepare(os)?;
 
     let pending = image.begin_generation(&lock)?;
+    prepare.done();
     match refresh(
         &config, os, &art, &secrets, &image, &current, &pending, opts,
     ) {
@@ -96,7 +98,7 @@ fn refresh(
     pending: &PendingGeneration,
     opts: &RefreshOptions,
 ) -> Result<()> {
-    let prepare = events::phase("prepare");
+    let mirror = events::phase("mirror");
     let config_dir = &current.dir;
     for name in ["config.toml", "config.base"] {
         if config_dir.join(name).exists() {
@@ -141,7 +143,7 @@ fn refresh(
         state_dir: Some(pending.dir.clone()),
     };
     let revive = instance.check_snapshot()?;
-    prepare.done();
+    mirror.done();
     let update_phase = events::phase("update");
     let logs = pending.logs();
     let (identity, summary) = runtime()?.block_on(supervise(
