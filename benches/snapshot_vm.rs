@@ -358,7 +358,7 @@ async fn revive_once(
         let started = Instant::now();
         let vm = start_guest(sup, instance.art, &spec).await?;
         match file.as_str() {
-            "c.gz" => load_state(&vm, &run_dir, &path, summary).await?,
+            "c.gz" => load_state(&vm, &run_dir, &path, summary, true).await?,
             "d.raw" => {
                 vm.qmp
                     .migrate_set_capabilities(&[("mapped-ram", true)])

@@ -94,7 +94,7 @@ pub fn generation_name(number: u32) -> String {
     format!("gen-{number:04}")
 }
 
-fn parse_generation(name: &str) -> Option<u32> {
+pub fn parse_generation(name: &str) -> Option<u32> {
     name.strip_prefix("gen-")
         .filter(|n| n.len() >= 4 && n.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.parse().ok())
@@ -107,6 +107,31 @@ pub struct FileLock {
 }
 
 impl FileLock {
+    /// Waits for the lock on `path` (created if missing): exclusive or shared.
+    pub fn wait(path: &Path, exclusive: bool) -> Result<Self, ImageError> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io("open the lock", path))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+                return Ok(Self { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(io("lock", path)(err));
+            }
+        }
+    }
+
     fn acquire(path: &Path, op: libc::c_int) -> Result<Self, ImageError> {
         let file = fs::OpenOptions::new()
             .create(true)
@@ -213,7 +238,18 @@ impl ImageDir {
 
     /// Removes all but the newest `keep` generations, never `current` and
     /// never one a run holds.
-    pub fn prune(&self, keep: usize, _lock: &FileLock) -> Result<Vec<u32>, ImageError> {
+    pub fn prune(&self, keep: usize, lock: &FileLock) -> Result<Vec<u32>, ImageError> {
+        self.prune_with(keep, lock, |_| {})
+    }
+
+    /// Like [`ImageDir::prune`], calling `removing` with each generation
+    /// just before it goes (while no run can take it).
+    pub fn prune_with(
+        &self,
+        keep: usize,
+        _lock: &FileLock,
+        mut removing: impl FnMut(&Generation),
+    ) -> Result<Vec<u32>, ImageError> {
         let current = self.current().ok();
         let gens = self.generations()?;
         let mut removed = Vec::new();
@@ -225,6 +261,7 @@ impl ImageDir {
             let Ok(lock) = FileLock::acquire(&g.dir.join(LOCK), libc::LOCK_EX) else {
                 continue;
             };
+            removing(&g);
             fs::remove_dir_all(&g.dir).map_err(io("remove", &g.dir))?;
             drop(lock);
             removed.push(g.number);

@@ -4,6 +4,7 @@
 //! errors. See `docs/` and the design notes for the shape of the whole.
 
 pub mod agent;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod controller;
@@ -15,6 +16,7 @@ pub mod guest;
 pub mod image;
 pub mod media;
 pub mod phases;
+pub mod registry;
 pub mod secrets;
 pub mod snapshot;
 pub mod vm;

@@ -209,14 +209,18 @@ fn agent_protocol_over_a_pipe() {
     let server = dropbear(&secrets);
     let cfg = config(&secrets, server.port);
     let input = concat!(
-        "{\"id\":1,\"op\":\"hello\",\"version\":1}\n",
+        "{\"id\":1,\"op\":\"hello\",\"version\":2}\n",
         "{\"id\":2,\"op\":\"exec\",\"command\":\"true\"}\n",
         "{\"id\":3,\"op\":\"wait_ssh\",\"timeout_ms\":20000}\n",
         "{\"id\":4,\"op\":\"exec\",\"command\":\"printf hi; exit 7\"}\n",
         "{\"id\":5,\"op\":\"shutdown\"}\n",
     );
     let mut output = Vec::new();
-    cygvm::agent::server::serve(input.as_bytes(), &mut output, cfg).unwrap();
+    cygvm::agent::server::serve(
+        input.as_bytes(),
+        cygvm::agent::server::Agent::new(&mut output, Some(cfg)),
+    )
+    .unwrap();
     let replies: Vec<Reply> = String::from_utf8(output)
         .unwrap()
         .lines()
@@ -224,7 +228,7 @@ fn agent_protocol_over_a_pipe() {
         .collect();
     assert!(matches!(
         replies[0].body,
-        ReplyBody::Hello { version: 1, .. }
+        ReplyBody::Hello { version: 2, .. }
     ));
     assert!(
         matches!(&replies[1].body, ReplyBody::Error { message, .. } if message.contains("wait_ssh first"))
@@ -257,7 +261,7 @@ async fn host_client_and_agent_over_a_unix_socket() {
     let agent = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         let writer = stream.try_clone().unwrap();
-        cygvm::agent::server::serve(stream, writer, cfg)
+        cygvm::agent::server::serve(stream, cygvm::agent::server::Agent::new(writer, Some(cfg)))
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut client = AgentClient::connect(&sock, deadline).await.unwrap();

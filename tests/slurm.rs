@@ -94,17 +94,19 @@ fn install_following_events() -> Workspace {
     );
     let events = events(&events_file);
     let mut expected = vec!["started".to_string()];
-    for phase in [
-        "prepare",
-        "media",
-        "guest-install",
-        "boot",
-        "snapshot",
-        "publish",
-    ] {
+    for phase in ["prepare", "media", "guest-install", "boot", "snapshot"] {
         expected.push(format!("phase_started {phase}"));
         expected.push(format!("phase_finished {phase}"));
     }
+    // The new generation is revived once before it is published.
+    expected.push("phase_started verify".into());
+    for phase in ["prepare", "revive", "command"] {
+        expected.push(format!("phase_started {phase}"));
+        expected.push(format!("phase_finished {phase}"));
+    }
+    expected.push("phase_finished verify".into());
+    expected.push("phase_started publish".into());
+    expected.push("phase_finished publish".into());
     expected.push("finished".into());
     assert_eq!(summary(&events), expected);
     assert_eq!(events.last().unwrap()["exit_status"], 0);

@@ -10,7 +10,9 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, timeout_at};
 
-use super::protocol::{ErrorKind, Op, PROTOCOL_VERSION, Reply, ReplyBody, Request, encode_line};
+use super::protocol::{
+    ErrorKind, Op, PROTOCOL_VERSION, Reply, ReplyBody, Request, RunSettings, encode_line,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -67,6 +69,15 @@ fn signal_number(name: &str) -> Option<i32> {
     Some(n)
 }
 
+fn first_request_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // Below 2^53, so the ids stay exact in any JSON reader.
+    ((nanos ^ u64::from(std::process::id()) << 32) & ((1 << 52) - 1)) | 1 << 40
+}
+
 pub struct AgentClient {
     lines: Lines<BufReader<OwnedReadHalf>>,
     writer: OwnedWriteHalf,
@@ -95,7 +106,9 @@ impl AgentClient {
         let mut client = Self {
             lines: BufReader::new(read).lines(),
             writer,
-            next_id: 1,
+            // A revived agent may still answer requests the connection that
+            // made its snapshot sent: ids start where those cannot be.
+            next_id: first_request_id(),
             agent: String::new(),
         };
         let started = Instant::now();
@@ -163,15 +176,50 @@ impl AgentClient {
         }
     }
 
+    /// Sends the run's settings; the agent answers when the shares are
+    /// mounted and the password set.
+    pub async fn configure(&mut self, settings: &RunSettings) -> Result<(), AgentError> {
+        let id = self
+            .send(Op::Configure {
+                settings: settings.clone(),
+            })
+            .await?;
+        let guard = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = timeout_at(guard, self.reply_for(id))
+                .await
+                .map_err(|_| AgentError::Timeout(Duration::from_secs(60)))??;
+            match reply.body {
+                ReplyBody::Done => return Ok(()),
+                ReplyBody::Error { kind, message } => {
+                    return Err(AgentError::Remote { kind, message });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Waits until the guest's sshd is usable; `progress` sees each step.
     pub async fn wait_ssh(
         &mut self,
         timeout: Duration,
+        progress: impl FnMut(&str, &str),
+    ) -> Result<(), AgentError> {
+        self.wait_ssh_with(timeout, true, progress).await
+    }
+
+    /// Like [`AgentClient::wait_ssh`]; without `probe` the agent does not
+    /// run `true` once logged in.
+    pub async fn wait_ssh_with(
+        &mut self,
+        timeout: Duration,
+        probe: bool,
         mut progress: impl FnMut(&str, &str),
     ) -> Result<(), AgentError> {
         let id = self
             .send(Op::WaitSsh {
                 timeout_ms: timeout.as_millis() as u64,
+                skip_probe: !probe,
             })
             .await?;
         // The agent enforces the timeout; this bound only guards against

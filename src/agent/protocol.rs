@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The virtio-serial port name the agent listens on.
 pub const PORT_NAME: &str = "cygvm.agent";
@@ -21,9 +21,21 @@ pub struct Request {
 pub enum Op {
     /// First message; the agent answers with `hello` and its version.
     Hello { version: u32 },
+    /// The run's settings, sent once after `hello`: the agent mounts the
+    /// run's 9p shares, sets the Samba password and keeps what it needs to
+    /// reach the guest. Until then the controller holds nothing of the run
+    /// (so it can be snapshotted and revived by any run).
+    Configure { settings: RunSettings },
     /// Wait until the guest's sshd answers with the pinned host key and
     /// `true` succeeds, within `timeout_ms`.
-    WaitSsh { timeout_ms: u64 },
+    /// With `skip_probe`, a connection that authenticated is enough (the
+    /// next command shows whether the shell works): one round trip less
+    /// for a revived guest.
+    WaitSsh {
+        timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        skip_probe: bool,
+    },
     /// Run a command in the guest; output is streamed back. `stdin`
     /// (base64), when given, is fed to the command, then closed.
     Exec {
@@ -91,9 +103,8 @@ pub enum ErrorKind {
     Other,
 }
 
-/// What the agent needs to reach the guest; written by the host into the
-/// controller's control share (mode 0600), never on a command line.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What the agent needs to reach the guest; part of [`RunSettings`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentConfig {
     /// `address:port` of the guest's sshd.
     pub guest: String,
@@ -102,6 +113,23 @@ pub struct AgentConfig {
     pub client_key: String,
     /// The guest's pinned host key, as an OpenSSH public key line.
     pub host_key: String,
+}
+
+/// Everything per run the controller learns from the host, over the
+/// virtio-serial port (never on a command line or in a file on the host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub agent: AgentConfig,
+    /// The Samba account's password for this image.
+    pub samba_password: String,
+    /// The 9p shares to mount, by tag, at `/srv/<tag>`.
+    pub shares: Vec<ShareMount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareMount {
+    pub tag: String,
+    pub read_only: bool,
 }
 
 pub fn encode_line<T: Serialize>(msg: &T) -> String {

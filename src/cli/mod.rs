@@ -56,14 +56,46 @@ pub enum Command {
         after_help = "Examples:\n  cygvm refresh --image images/cygwin-build\n  cygvm refresh --image images/cygwin-build -- sh -c 'echo more >> /etc/motd'\n\nWithout a command, Cygwin's setup upgrades the installed packages and adds\nthe configured ones from the configured mirror, then the provision commands\nrun. The new generation is revived once and must run `true` before it\nbecomes current; the last [image] keep generations are kept."
     )]
     Refresh(RefreshArgs),
+    /// Push the image's current generation to an OCI registry.
+    #[command(
+        after_help = "Examples:\n  cygvm push --image images/cygwin-build registry.example/team/cygwin-build\n  cygvm push --image images/standin --plain-http 127.0.0.1:5000/standin\n\nThe generation becomes one OCI artifact (see docs/registry.md), tagged with\nthe generation (gen-NNNN), `latest` and the reference's tag if it has one.\nBlobs the registry already has are not sent again. The pinned reference\n(REGISTRY/REPO@sha256:…) is printed on stdout.\n\nCredentials: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,\n~/.docker/config.json (what `docker login` and `podman login` write)."
+    )]
+    Push(PushArgs),
+    /// Pull an image generation from an OCI registry into the local store.
+    #[command(
+        after_help = "Examples:\n  cygvm pull registry.example/team/cygwin-build@sha256:…\n  cygvm pull --plain-http 127.0.0.1:5000/standin:latest\n\nThe image directory in the store is printed on stdout; `cygvm run --image`\ntakes it, or the reference itself. An interrupted pull resumes where it\nstopped; two pulls of one artifact on a host fetch it once."
+    )]
+    Pull(PullArgs),
     /// Write the install media: floppy.img, cygwin.iso, the answer file and a manifest.
     #[command(
         after_help = "Examples:\n  cygvm media --config cygvm.toml --out media\n  cygvm media --config cygvm.toml --list-editions\n\nWith `guest.iso` set, the configured `guest.edition` or `guest.index` is\nlooked up in the ISO's sources/install.wim (or install.esd) first; nothing\nis written if the ISO lacks it."
     )]
     Media(MediaArgs),
+    /// Show, check or remove this host's snapshot caches (controller VM,
+    /// expanded guest snapshots).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cygvm cache list\n  cygvm cache verify\n  cygvm cache remove --all\n\nThe caches live in $XDG_CACHE_HOME/cygvm (~/.cache/cygvm). Everything in\nthem is made again by the next run that needs it."
+    )]
+    Cache(CacheCommand),
     /// The controller VM's agent (runs inside the controller, not on the host).
     #[command(hide = true)]
     Agent(AgentArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// What the caches hold: each snapshot, its size on disk and what it is for.
+    List,
+    /// Check every cached snapshot in full (hashing its RAM file); exits 1
+    /// if one is damaged.
+    Verify,
+    /// Remove cached snapshots by name (as `list` shows), or all.
+    Remove {
+        names: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -71,9 +103,10 @@ pub struct AgentArgs {
     /// The virtio-serial port to the host.
     #[arg(long, default_value = "/dev/virtio-ports/cygvm.agent")]
     pub port: PathBuf,
-    /// JSON file with the guest address, user, client key and pinned host key.
+    /// JSON file with the guest address, user, client key and pinned host
+    /// key. Without it the agent waits for the host's run settings.
     #[arg(long)]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -138,10 +171,71 @@ pub struct InstallArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    /// The image directory (images/<name>).
+pub struct RegistryArgs {
+    /// Talk to the registry over plain HTTP (a local test registry).
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The local store of pulled images (default: ~/.cache/cygvm/oci).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn dir(&self) -> Result<PathBuf> {
+        match &self.store {
+            Some(d) => Ok(d.clone()),
+            None => crate::registry::store::default_store(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The image directory (images/<name>) whose current generation is pushed.
     #[arg(long, value_name = "DIR")]
     pub image: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// MiB of a file per layer.
+    #[arg(long, value_name = "MIB", default_value_t = crate::registry::artifact::SLICE_BYTES >> 20)]
+    pub slice_size: u64,
+    /// Layers compressed and sent at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Where to: REGISTRY/REPO[:TAG].
+    #[arg(value_name = "REFERENCE")]
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Layers fetched at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub jobs: usize,
+    /// What: REGISTRY/REPO@sha256:HEX or REGISTRY/REPO:TAG.
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The image directory (images/<name>), or a registry reference
+    /// (REGISTRY/REPO@sha256:HEX, REGISTRY/REPO:TAG, or oci://…) pulled
+    /// into the local store on first use.
+    #[arg(long, value_name = "DIR|REFERENCE")]
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Boot the image's disk instead of reviving a snapshot.
     #[arg(long)]
     pub cold: bool,
@@ -245,6 +339,72 @@ pub struct MediaArgs {
     pub list_editions: bool,
 }
 
+fn push(args: &PushArgs) -> Result<ExitCode> {
+    let target = crate::registry::Reference::parse(&args.target)?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pushed = crate::registry::push(&crate::registry::PushOptions {
+        image: args.image.clone(),
+        target,
+        plain_http: args.registry.plain_http,
+        slice_bytes: args.slice_size.max(1) << 20,
+        jobs: args.jobs.unwrap_or(cores),
+    })?;
+    let human = crate::registry::progress::human_bytes;
+    eprintln!(
+        "pushed {} layers, {}: {} ({} layers) were already in the registry; tags {}",
+        pushed.layers,
+        human(pushed.total_bytes),
+        human(pushed.skipped_bytes),
+        pushed.skipped_layers,
+        pushed.tags.join(", ")
+    );
+    println!("{}", pushed.pinned);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_pull(pulled: &crate::registry::Pulled) {
+    let human = crate::registry::progress::human_bytes;
+    if !pulled.fetched {
+        eprintln!("{} is in the store already", pulled.pinned);
+    } else if pulled.resumed_layers > 0 {
+        eprintln!(
+            "pulled {} ({}); resumed: {} layers were already in the store",
+            pulled.pinned,
+            human(pulled.fetched_bytes),
+            pulled.resumed_layers
+        );
+    } else {
+        eprintln!("pulled {} ({})", pulled.pinned, human(pulled.fetched_bytes));
+    }
+}
+
+/// The image directory a run uses: `--image` itself, or the store's copy
+/// of the artifact it names, pulled first if missing.
+fn local_image(args: &RunArgs) -> Result<PathBuf> {
+    use crate::registry::ImageSource;
+    let Some(arg) = args.image.to_str() else {
+        return Ok(args.image.clone());
+    };
+    match ImageSource::parse(arg)? {
+        ImageSource::Local(p) => Ok(p),
+        ImageSource::Registry(reference) => {
+            let pulled = crate::registry::pull(
+                &reference,
+                &crate::registry::PullOptions {
+                    store: args.store.dir()?,
+                    plain_http: args.registry.plain_http,
+                    jobs: 4,
+                    lines: false,
+                },
+            )?;
+            if pulled.fetched {
+                report_pull(&pulled);
+            }
+            Ok(pulled.image_dir)
+        }
+    }
+}
+
 /// Logs go to stderr; RUST_LOG selects the level (default: `default`).
 pub fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
@@ -286,10 +446,26 @@ pub fn run() -> Result<ExitCode> {
                 },
             )
         }
+        Command::Push(args) => push(&args),
+        Command::Pull(args) => {
+            let reference = crate::registry::Reference::parse(&args.reference)?;
+            let pulled = crate::registry::pull(
+                &reference,
+                &crate::registry::PullOptions {
+                    store: args.store.dir()?,
+                    plain_http: args.registry.plain_http,
+                    jobs: args.jobs,
+                    lines: true,
+                },
+            )?;
+            report_pull(&pulled);
+            println!("{}", pulled.image_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             args.events.enable("run")?;
             crate::phases::run::run(&crate::phases::run::RunOptions {
-                image: args.image,
+                image: local_image(&args)?,
                 input: args.input,
                 output: args.output,
                 keep_failed: args.keep_failed,
@@ -305,8 +481,21 @@ pub fn run() -> Result<ExitCode> {
                 command: args.command,
             })
         }
+        Command::Cache(cmd) => {
+            let root = crate::cache::root();
+            print!(
+                "{}",
+                match cmd {
+                    CacheCommand::List => crate::cache::list(&root),
+                    CacheCommand::Verify => crate::cache::verify(&root)?,
+                    CacheCommand::Remove { names, all } =>
+                        crate::cache::remove(&root, &names, all)?,
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Agent(args) => {
-            crate::agent::server::run(&args.port, &args.config)?;
+            crate::agent::server::run(&args.port, args.config.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Media(args) => {

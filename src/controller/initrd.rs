@@ -504,12 +504,7 @@ fn prune_cache(cache_dir: &Path, keep: &Path) {
 }
 
 pub fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("cygvm").join("initrd")
+    crate::cache::root().join("initrd")
 }
 
 struct NewcHeader {

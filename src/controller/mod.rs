@@ -97,13 +97,7 @@ pub const READY_LINE: &str = "cygvm-controller: ready";
 pub const FAILED_PREFIX: &str = "cygvm-controller: failed: ";
 /// Name of the controller's virtio-serial port.
 pub const AGENT_PORT: &str = "cygvm.agent";
-/// Files the host puts on the controller's `control` 9p share.
-pub const CONTROL_SAMBA_PASSWORD: &str = "samba_password";
 
-pub const SMBPASSWD: HostProgram = HostProgram {
-    name: "smbpasswd",
-    package: "samba-common-bin",
-};
 pub const DROPBEAR: HostProgram = HostProgram {
     name: "dropbear",
     package: "dropbear-bin",
@@ -144,7 +138,6 @@ pub struct HostParts {
     pub kernel: ControllerKernel,
     pub busybox: PathBuf,
     pub smbd: PathBuf,
-    pub smbpasswd: PathBuf,
     pub dropbear: PathBuf,
     pub dropbearconvert: PathBuf,
     pub dbclient: PathBuf,
@@ -171,7 +164,6 @@ impl HostParts {
             kernel,
             busybox: find(host_tools::BUSYBOX)?,
             smbd: find(host_tools::SMBD)?,
-            smbpasswd: find(SMBPASSWD)?,
             dropbear: find(DROPBEAR)?,
             dropbearconvert: find(DROPBEARCONVERT)?,
             dbclient: find(DBCLIENT)?,
@@ -181,7 +173,7 @@ impl HostParts {
     }
 }
 
-/// The controller VM's initrd: busybox, smbd and smbpasswd with their
+/// The controller VM's initrd: busybox and smbd with their
 /// libraries, virtio/9p modules, init and the smb.conf template. `agent`, when
 /// given, becomes `/bin/cygvm-agent`, which init execs once ready.
 pub fn controller_initrd(
@@ -192,7 +184,6 @@ pub fn controller_initrd(
     b.add_kernel_modules(&parts.kernel, &module_names(files::CONTROLLER_MODULES))?;
     b.add_bytes("/init", files::CONTROLLER_INIT, 0o755)?;
     b.add_host_binary(&parts.smbd, "/usr/sbin/smbd")?;
-    b.add_host_binary(&parts.smbpasswd, "/usr/bin/smbpasswd")?;
     b.add_bytes("/etc/samba/smb.conf.in", files::SMB_CONF_IN, 0o644)?;
     b.add_dir("/var/lib/samba/private", 0o700)?;
     b.add_dir("/var/cache/samba", 0o755)?;

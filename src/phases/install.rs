@@ -147,7 +147,6 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         Err(e) => return Err(failed(e, &pending, opts.keep_failed)),
     };
 
-    let publish = events::phase("publish");
     let manifest = Manifest {
         format_version: crate::snapshot::manifest::FORMAT_VERSION,
         cygvm_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -167,8 +166,18 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         created: rfc3339_utc(std::time::SystemTime::now()),
     };
     manifest.save(&pending.manifest())?;
+    let verify = events::phase("verify");
+    if let Err(e) = crate::phases::run::verify_revives(&image, &pending, &art, opts.keep_failed) {
+        return Err(failed(e, &pending, opts.keep_failed));
+    }
+    verify.done();
+    let publish = events::phase("publish");
     let generation = pending.publish()?;
-    image.prune(KEEP_GENERATIONS, &lock)?;
+    image.prune_with(
+        KEEP_GENERATIONS,
+        &lock,
+        crate::phases::expanded::forget_generation,
+    )?;
     publish.done();
     println!(
         "installed {} ({}): generation {} in {}",
@@ -340,7 +349,15 @@ impl InstallJob<'_> {
         )?;
         let guest = start_guest(sup, self.art, &spec).await?;
         let mut ctrl = starting.connect().await?;
-        wait_for_ssh(&mut ctrl.agent, os, "boot", config.boot_timeout(), &run_dir).await?;
+        wait_for_ssh(
+            &mut ctrl.agent,
+            os,
+            "boot",
+            config.boot_timeout(),
+            &run_dir,
+            true,
+        )
+        .await?;
         drop(progress);
         let identity = Identity::query(&guest, &spec).await?;
 

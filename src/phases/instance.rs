@@ -8,30 +8,22 @@ use anyhow::{Context, Result, anyhow, bail};
 use tokio::time::Instant;
 
 use crate::agent::client::AgentClient;
-use crate::agent::protocol::AgentConfig;
 use crate::config::{Config, Firmware as ConfigFirmware};
 use crate::controller::{self, HostParts};
 use crate::fsutil::write_atomic;
 use crate::guest::GuestOs;
-use crate::guest::devices::{controller_cmdline_extra, device_set};
+use crate::guest::devices::device_set;
 use crate::secrets::ImageSecrets;
 use crate::vm::accel::{self, Accel};
 use crate::vm::host_tools;
-use crate::vm::qemu::{
-    BootDevice, DirectBoot, Disk, DiskFormat, Firmware, Nic, OVMF_CODE_4M, SerialPort, Share,
-    VmSpec,
-};
+use crate::vm::qemu::{BootDevice, Disk, DiskFormat, Firmware, Nic, OVMF_CODE_4M, VmSpec};
 use crate::vm::rundir::log_tail;
 use crate::vm::supervisor::{Supervisor, Vm};
-use crate::vm::vde::VdeSwitch;
 
 pub const GUEST_MAC: &str = "52:54:00:12:01:01";
 pub const CONTROLLER_MAC: &str = "52:54:00:12:01:02";
-const CONTROLLER_MEMORY_MIB: u64 = 512;
 /// How long QEMU may take to start listening on QMP.
 const QMP_DEADLINE: Duration = Duration::from_secs(30);
-/// The controller is ready in 5-13 s under TCG; leave room for a loaded host.
-const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
 const TAIL: usize = 15;
 
 /// Everything from the host an instance is made of, found and built once
@@ -49,6 +41,7 @@ pub struct HostArtifacts {
     /// The bootable kernel image (bzImage) the stand-in's installer ISO
     /// carries: it boots through the firmware like Windows.
     pub standin_kernel: PathBuf,
+    qemu_version: std::sync::OnceLock<String>,
 }
 
 impl HostArtifacts {
@@ -72,15 +65,41 @@ impl HostArtifacts {
             Accel::Tcg => tracing::warn!("{why}"),
         }
         let started = std::time::Instant::now();
+        let step = |what: &str| {
+            tracing::debug!(
+                "[artifacts] {what} at {:.2} s",
+                started.elapsed().as_secs_f64()
+            )
+        };
         let parts = HostParts::from_host().context("cannot assemble the controller VM")?;
         let cache = controller::initrd::default_cache_dir();
+        let memo = ArtifactsMemo::path(&cache, os, &parts, agent);
+        if let Some(built) = memo.as_deref().and_then(ArtifactsMemo::read) {
+            step("initrds known from the last run with the same inputs");
+            return Ok(Self {
+                qemu,
+                qemu_img,
+                accel,
+                kernel: built.kernel,
+                controller_initrd: built.controller_initrd,
+                standin_initrd: built.standin_initrd,
+                standin_kernel: parts.kernel.image.clone(),
+                qemu_version: std::sync::OnceLock::new(),
+            });
+        }
+        step("host parts found");
         let kernel = controller::kernel::pvh_kernel(&parts.kernel, &cache)
             .context("cannot prepare the controller kernel")?;
+        step("kernel");
         let agent = agent_binary(agent, &cache)?;
-        let controller_initrd = controller::controller_initrd(&parts, Some(&agent))?
+        step("agent stripped");
+        let builder = controller::controller_initrd(&parts, Some(&agent))?;
+        step("controller initrd assembled");
+        let controller_initrd = builder
             .build_cached(&cache)
             .context("cannot build the controller initrd")?
             .path;
+        step("controller initrd hashed");
         drop(agent);
         let standin_initrd = match os {
             GuestOs::Standin => Some(
@@ -91,6 +110,15 @@ impl HostArtifacts {
             ),
             GuestOs::Windows => None,
         };
+        step("stand-in initrd");
+        if let Some(memo) = &memo {
+            ArtifactsMemo {
+                kernel: kernel.clone(),
+                controller_initrd: controller_initrd.clone(),
+                standin_initrd: standin_initrd.clone(),
+            }
+            .write(memo);
+        }
         let standin_kernel = parts.kernel.image.clone();
         tracing::debug!(
             "host artifacts ready in {:.2} s",
@@ -104,7 +132,27 @@ impl HostArtifacts {
             controller_initrd,
             standin_initrd,
             standin_kernel,
+            qemu_version: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `10.0.2`: the version `qemu --version` reports, asked once.
+    pub fn qemu_version(&self) -> Result<String> {
+        if let Some(v) = self.qemu_version.get() {
+            return Ok(v.clone());
+        }
+        let line = host_tools::first_output_line(&self.qemu, ["--version"])
+            .ok_or_else(|| anyhow!("{} reports no version", self.qemu.display()))?;
+        let version = host_tools::parse_version(&line)
+            .ok_or_else(|| anyhow!("cannot read a version from {line:?}"))?;
+        let text = version
+            .iter()
+            .chain(std::iter::repeat(&0))
+            .take(3)
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(".");
+        Ok(self.qemu_version.get_or_init(|| text).clone())
     }
 
     /// `qemu-img create`: a new disk, or an overlay over `backing`.
@@ -155,6 +203,70 @@ impl HostArtifacts {
     }
 }
 
+/// The initrds and kernel a run with the same inputs built last: building
+/// them means reading and hashing ~100 MiB, which a run need not repeat
+/// when no input changed. The inputs are known by path, size, inode and
+/// modification time: this cygvm binary (which carries the init scripts),
+/// the kernel and its modules.dep, every host program the initrds take,
+/// and the package database and dynamic linker cache (which change when
+/// any library does).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ArtifactsMemo {
+    kernel: PathBuf,
+    controller_initrd: PathBuf,
+    standin_initrd: Option<PathBuf>,
+}
+
+impl ArtifactsMemo {
+    fn path(cache: &Path, os: GuestOs, parts: &HostParts, agent: &Path) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let inputs = [
+            agent,
+            &parts.kernel.image,
+            &parts.kernel.modules.join("modules.dep"),
+            &parts.busybox,
+            &parts.smbd,
+            &parts.dropbear,
+            &parts.dropbearconvert,
+            &parts.dbclient,
+            &parts.dropbearkey,
+            &parts.bash,
+            Path::new("/var/lib/dpkg/status"),
+            Path::new("/etc/ld.so.cache"),
+        ];
+        let mut parts_text = vec![format!("{os:?}")];
+        for path in inputs {
+            let md = std::fs::metadata(path).ok()?;
+            parts_text.push(format!(
+                "{} {} {} {}.{}",
+                path.display(),
+                md.len(),
+                md.ino(),
+                md.mtime(),
+                md.mtime_nsec()
+            ));
+        }
+        let refs: Vec<(&str, &str)> = parts_text.iter().map(|t| ("input", t.as_str())).collect();
+        let key = crate::snapshot::mapped::key_of(&refs);
+        Some(cache.join(format!("artifacts-{}.json", &key[..16])))
+    }
+
+    fn read(path: &Path) -> Option<Self> {
+        let memo: Self = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let all_there = [&memo.kernel, &memo.controller_initrd]
+            .into_iter()
+            .chain(memo.standin_initrd.as_ref())
+            .all(|p| p.is_file());
+        all_there.then_some(memo)
+    }
+
+    fn write(&self, path: &Path) {
+        if let Ok(bytes) = serde_json::to_vec(self) {
+            let _ = write_atomic(path, &bytes, 0o644);
+        }
+    }
+}
+
 /// cygvm's own binary for the controller, without debug info (an
 /// unoptimized build is ~100 MiB with it, more than the initrd's tmpfs
 /// holds). A temporary file, so concurrent runs do not share it.
@@ -180,6 +292,8 @@ fn agent_binary(exe: &Path, cache: &Path) -> Result<tempfile::TempPath> {
     }
     Ok(tmp)
 }
+
+pub use crate::phases::controller::{Controller, ControllerStarting, spawn_controller};
 
 /// Host directories the controller serves to the guest.
 #[derive(Debug, Clone)]
@@ -275,148 +389,6 @@ pub fn guest_spec(
     Ok(spec)
 }
 
-/// The controller's QEMU spec.
-fn controller_spec(
-    config: &Config,
-    art: &HostArtifacts,
-    run_dir: &Path,
-    switch: &Path,
-    shares: &ShareDirs,
-    control: &Path,
-) -> VmSpec {
-    let net = &config.network;
-    let mut spec = VmSpec::new(
-        "controller",
-        crate::vm::qemu::Machine::Pc,
-        art.accel,
-        &run_dir.join("controller.qmp"),
-    );
-    spec.memory_mib = CONTROLLER_MEMORY_MIB;
-    spec.cpus = 1;
-    spec.serial_log = Some(run_dir.join("controller.serial.log"));
-    spec.direct_boot = Some(DirectBoot {
-        kernel: art.kernel.clone(),
-        initrd: Some(art.controller_initrd.clone()),
-        append: format!(
-            "console=ttyS0 quiet cygvm.addr={}/{} cygvm.guest={} cygvm.user={} {}",
-            net.controller,
-            net.guest.prefix,
-            net.guest.addr,
-            config.guest.admin_user.0,
-            controller_cmdline_extra(&device_set(config.guest.version))
-        )
-        .trim_end()
-        .to_string(),
-    });
-    spec.nics.push(Nic {
-        model: crate::vm::qemu::NicModel::VirtioNet,
-        mac: CONTROLLER_MAC.into(),
-        switch: switch.to_path_buf(),
-    });
-    spec.serial_ports.push(SerialPort {
-        name: controller::AGENT_PORT.into(),
-        socket: run_dir.join("agent.sock"),
-    });
-    spec.shares = vec![
-        Share {
-            tag: "inputs".into(),
-            path: shares.inputs.clone(),
-            read_only: true,
-        },
-        Share {
-            tag: "outputs".into(),
-            path: shares.outputs.clone(),
-            read_only: false,
-        },
-        Share {
-            tag: "control".into(),
-            path: control.to_path_buf(),
-            read_only: true,
-        },
-    ];
-    spec
-}
-
-/// A controller VM whose agent is not connected yet: the guest can start
-/// booting meanwhile.
-pub struct ControllerStarting {
-    pub vm: Vm,
-    pub serial_log: PathBuf,
-    agent_socket: PathBuf,
-}
-
-/// A started controller with its agent connection.
-pub struct Controller {
-    pub vm: Vm,
-    pub agent: AgentClient,
-    pub serial_log: PathBuf,
-}
-
-/// Starts the controller VM: control files on its 9p share, then QEMU.
-pub async fn spawn_controller(
-    sup: &mut Supervisor,
-    config: &Config,
-    art: &HostArtifacts,
-    secrets: &ImageSecrets,
-    switch: &VdeSwitch,
-    shares: &ShareDirs,
-) -> Result<ControllerStarting> {
-    let run_dir = sup.run_dir().path().to_path_buf();
-    let control = run_dir.join("control");
-    std::fs::create_dir_all(&control)?;
-    write_atomic(
-        &control.join(controller::CONTROL_SAMBA_PASSWORD),
-        secrets.samba_password.as_bytes(),
-        0o600,
-    )?;
-    let agent_config = AgentConfig {
-        guest: format!("{}:22", config.network.guest.addr),
-        user: config.guest.admin_user.0.clone(),
-        client_key: secrets
-            .client_key
-            .to_openssh(ssh_key::LineEnding::LF)
-            .map_err(|e| anyhow!("cannot encode the client key: {e}"))?
-            .to_string(),
-        host_key: secrets.host_public_key(),
-    };
-    write_atomic(
-        &control.join("agent.json"),
-        &serde_json::to_vec(&agent_config)?,
-        0o600,
-    )?;
-    let spec = controller_spec(config, art, &run_dir, &switch.dir, shares, &control);
-    let vm = sup
-        .spawn_qemu(&art.qemu, &spec, Instant::now() + QMP_DEADLINE)
-        .await
-        .context("cannot start the controller VM")?;
-    Ok(ControllerStarting {
-        vm,
-        serial_log: run_dir.join("controller.serial.log"),
-        agent_socket: run_dir.join("agent.sock"),
-    })
-}
-
-impl ControllerStarting {
-    /// Waits for the controller's agent to answer.
-    pub async fn connect(self) -> Result<Controller> {
-        let agent = AgentClient::connect(&self.agent_socket, Instant::now() + CONTROLLER_DEADLINE)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "the controller VM did not get ready: {e}\n--- controller serial log ({}) ---\n{}",
-                    self.serial_log.display(),
-                    log_tail(&self.serial_log, TAIL)
-                )
-            })?;
-        tracing::info!("controller ready ({})", agent.agent);
-        Ok(Controller {
-            vm: self.vm,
-            agent,
-            serial_log: self.serial_log,
-        })
-    }
-}
-
 /// Starts the guest VM.
 pub async fn start_guest(sup: &mut Supervisor, art: &HostArtifacts, spec: &VmSpec) -> Result<Vm> {
     sup.spawn_qemu(&art.qemu, spec, Instant::now() + QMP_DEADLINE)
@@ -444,17 +416,19 @@ pub fn log_report(run_dir: &Path) -> String {
 }
 
 /// Waits for SSH through the agent; on failure the error names the phase,
-/// the deadline and the logs.
+/// the deadline and the logs. Without `probe`, logging in is enough (the
+/// caller's next command is checked).
 pub async fn wait_for_ssh(
     agent: &mut AgentClient,
     os: GuestOs,
     phase: &str,
     timeout: Duration,
     run_dir: &Path,
+    probe: bool,
 ) -> Result<()> {
     let started = std::time::Instant::now();
     let result = agent
-        .wait_ssh(timeout, |stage, detail| {
+        .wait_ssh_with(timeout, probe, |stage, detail| {
             tracing::info!("[{phase}] waiting for SSH ({stage}): {detail}");
         })
         .await;
@@ -492,6 +466,32 @@ pub async fn mount_shares(
         .exec_checked(&cmd.command, cmd.stdin.as_deref().map(str::as_bytes))
         .await
         .context("cannot map the shares in the guest")?;
+    Ok(())
+}
+
+/// For a revived guest, whose clock stopped when it was saved and whose
+/// mappings point at the controller that saved it: sets the clock to now
+/// and maps the shares again, in one command.
+pub async fn set_clock_and_mount_shares(
+    agent: &mut AgentClient,
+    config: &Config,
+    os: GuestOs,
+    secrets: &ImageSecrets,
+) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let cmd = os.mount_shares(
+        config.network.controller,
+        &config.guest.admin_user.0,
+        &secrets.samba_password,
+    );
+    let command = format!("{} && {}", os.set_clock(now), cmd.command);
+    agent
+        .exec_checked(&command, cmd.stdin.as_deref().map(str::as_bytes))
+        .await
+        .context("cannot set the revived guest's clock and map its shares")?;
     Ok(())
 }
 

@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use crate::phases::instance::HostArtifacts;
 use crate::snapshot::manifest::RuntimeIdentity;
 use crate::snapshot::{CodecOptions, MigrationWriter, StateSummary, restore_async};
-use crate::vm::host_tools;
 use crate::vm::qemu::VmSpec;
 use crate::vm::supervisor::Vm;
 
@@ -77,12 +76,13 @@ pub async fn wait_migration(vm: &Vm, what: &str) -> Result<()> {
 }
 
 /// Feeds a verified state.gz into a guest started with `-incoming defer`,
-/// then resumes it.
+/// then resumes it if `resume`.
 pub async fn load_state(
     vm: &Vm,
     run_dir: &Path,
     state: &Path,
     summary: &StateSummary,
+    resume: bool,
 ) -> Result<()> {
     let sock = run_dir.join("migrate-in.sock");
     vm.qmp
@@ -100,26 +100,69 @@ pub async fn load_state(
         .context("cannot feed the snapshot to QEMU")?;
     stream.shutdown().await.ok();
     wait_migration(vm, "loading the snapshot").await?;
+    if resume {
+        vm.qmp
+            .cont()
+            .await
+            .context("cannot resume the revived guest")?;
+    }
+    Ok(())
+}
+
+/// Pauses the VM and saves its device state into `dest` with
+/// `x-ignore-shared`: RAM in a file (`share=on`) stays out of the stream,
+/// so this takes milliseconds whatever the memory holds.
+pub async fn save_devices(vm: &Vm, dest: &Path) -> Result<()> {
+    let uri = file_uri(dest)?;
+    vm.qmp.stop().await.context("cannot pause the VM")?;
+    vm.qmp
+        .migrate_set_capabilities(&[(IGNORE_SHARED, true)])
+        .await
+        .context("QEMU cannot leave file-backed RAM out of the migration")?;
+    vm.qmp
+        .migrate(&uri)
+        .await
+        .context("QEMU refused to save the device state")?;
+    wait_migration(vm, "saving the device state").await
+}
+
+/// Loads a device state saved by [`save_devices`] into a VM started with
+/// `-incoming defer` over the same RAM file, then resumes it.
+pub async fn load_devices(vm: &Vm, devices: &Path) -> Result<()> {
+    let uri = file_uri(devices)?;
+    vm.qmp
+        .migrate_set_capabilities(&[(IGNORE_SHARED, true)])
+        .await
+        .context("QEMU cannot leave file-backed RAM out of the migration")?;
+    vm.qmp
+        .migrate_incoming(&uri)
+        .await
+        .context("QEMU refused the device state")?;
+    wait_migration(vm, "loading the device state").await?;
     vm.qmp
         .cont()
         .await
-        .context("cannot resume the revived guest")?;
+        .context("cannot resume the revived VM")?;
     Ok(())
+}
+
+const IGNORE_SHARED: &str = "x-ignore-shared";
+
+/// `file:PATH` for QEMU, which reads `,` in it as an option separator.
+fn file_uri(path: &Path) -> Result<String> {
+    let abs = std::path::absolute(path)?;
+    let text = abs.to_str().filter(|t| !t.contains(',')).ok_or_else(|| {
+        anyhow!(
+            "{} cannot be given to QEMU (a comma or non-UTF-8 in the path)",
+            abs.display()
+        )
+    })?;
+    Ok(format!("file:{text}"))
 }
 
 /// What this host would revive with, found without starting anything.
 pub fn host_identity(art: &HostArtifacts, spec: &VmSpec) -> Result<RuntimeIdentity> {
-    let line = host_tools::first_output_line(&art.qemu, ["--version"])
-        .ok_or_else(|| anyhow!("{} reports no version", art.qemu.display()))?;
-    let version = host_tools::parse_version(&line)
-        .ok_or_else(|| anyhow!("cannot read a version from {line:?}"))?;
-    let qemu_version = version
-        .iter()
-        .chain(std::iter::repeat(&0))
-        .take(3)
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(".");
+    let qemu_version = art.qemu_version()?;
     let machine = resolve_machine(&art.qemu, spec.machine.qemu_name())?;
     Ok(RuntimeIdentity {
         qemu_version,

@@ -1,5 +1,7 @@
 //! The jobs, reading like the design: install, run (and refresh).
 
+pub mod controller;
+pub mod expanded;
 pub mod install;
 pub mod instance;
 pub mod migration;

@@ -21,7 +21,7 @@ use crate::phases::instance::{
     HostArtifacts, copy_logs, mount_shares, run_provision, wait_for_ssh,
 };
 use crate::phases::migration::save_state;
-use crate::phases::run::{Instance, RunOptions, run_command};
+use crate::phases::run::{Instance, RunOptions, verify_revives};
 use crate::phases::{Identity, runtime, supervise};
 use crate::secrets::ImageSecrets;
 use crate::snapshot::manifest::rfc3339_utc;
@@ -72,7 +72,11 @@ pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
     let number = pending.number;
     let publish = events::phase("publish");
     let published = pending.publish()?;
-    let removed = image.prune(config.image.keep.0, &lock)?;
+    let removed = image.prune_with(
+        config.image.keep.0,
+        &lock,
+        crate::phases::expanded::forget_generation,
+    )?;
     publish.done();
     println!(
         "refreshed {}: generation {number} is current ({}){}",
@@ -188,22 +192,8 @@ fn refresh(
     manifest.save(&pending.manifest())?;
     save.done();
 
-    // Verify: the new generation revives and runs `true`.
     let verify = events::phase("verify");
-    tracing::info!("[verify] reviving generation {} once", pending.number);
-    let verify_opts = RunOptions {
-        image: image.root.clone(),
-        input: None,
-        output: None,
-        keep_failed: opts.keep_failed,
-        cold: false,
-        command: vec!["true".into()],
-    };
-    let status = run_command(image, pending, &verify_opts, &verify_opts.command)
-        .context("the new generation does not revive")?;
-    if status != 0 {
-        bail!("the new generation revives, but `true` ended with {status}");
-    }
+    verify_revives(image, pending, art, opts.keep_failed)?;
     verify.done();
     Ok(())
 }
@@ -247,6 +237,7 @@ async fn update_and_save(
                 "reboot",
                 config.boot_timeout(),
                 &run_dir,
+                true,
             )
             .await?;
             mount_shares(&mut running.ctrl.agent, config, os, instance.secrets).await?;

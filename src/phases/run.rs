@@ -14,14 +14,17 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::guest::GuestOs;
 use crate::image::{Generation, ImageDir};
+use crate::phases::expanded::{ExpandedKey, expand};
 use crate::phases::instance::{
-    self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, mount_shares, spawn_controller,
-    start_guest, wait_for_ssh,
+    self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, mount_shares, set_clock_and_mount_shares,
+    spawn_controller, start_guest, wait_for_ssh,
 };
-use crate::phases::migration::{host_identity, load_state};
+use crate::phases::migration::{host_identity, load_devices, load_state};
 use crate::phases::{runtime, supervise};
 use crate::secrets::ImageSecrets;
+use crate::snapshot::mapped::Mapped;
 use crate::snapshot::{Manifest, StateSummary};
+use crate::vm::qemu::{MemoryFile, MemoryFileMode, VmSpec};
 use crate::vm::supervisor::Supervisor;
 use crate::vm::vde::VdeSwitch;
 
@@ -39,10 +42,14 @@ pub struct RunOptions {
     pub command: Vec<String>,
 }
 
-/// A generation's snapshot, checked against this host before anything starts.
+/// A generation's snapshot, checked against this host before anything
+/// starts, with its expanded form when this host has a sound one.
 pub struct Revive {
     state: PathBuf,
     summary: StateSummary,
+    key: ExpandedKey,
+    expanded: Option<Mapped>,
+    describes: String,
 }
 
 pub fn run(opts: &RunOptions) -> Result<ExitCode> {
@@ -64,6 +71,32 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode> {
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
+/// Revives a new `generation` once and runs `true` in it: what install and
+/// refresh check before they publish one. It also leaves the generation's
+/// expanded snapshot in this host's cache, so the first run is fast too.
+pub fn verify_revives(
+    image: &ImageDir,
+    generation: &Generation,
+    art: &HostArtifacts,
+    keep_failed: bool,
+) -> Result<()> {
+    tracing::info!("[verify] reviving generation {} once", generation.number);
+    let opts = RunOptions {
+        image: image.root.clone(),
+        input: None,
+        output: None,
+        keep_failed,
+        cold: false,
+        command: vec!["true".into()],
+    };
+    let status = run_command_with(image, generation, &opts, &opts.command, art)
+        .context("the new generation does not revive")?;
+    if status != 0 {
+        bail!("the new generation revives, but `true` ended with {status}");
+    }
+    Ok(())
+}
+
 /// Runs `command` in an instance of `generation`; returns its exit code.
 pub fn run_command(
     image: &ImageDir,
@@ -71,11 +104,23 @@ pub fn run_command(
     opts: &RunOptions,
     command: &[String],
 ) -> Result<i32> {
+    let config = Config::load_generation(&generation.dir)?;
+    let art = HostArtifacts::prepare(GuestOs::from_config(&config))?;
+    run_command_with(image, generation, opts, command, &art)
+}
+
+/// Like [`run_command`], with the host's artifacts already prepared.
+pub fn run_command_with(
+    image: &ImageDir,
+    generation: &Generation,
+    opts: &RunOptions,
+    command: &[String],
+    art: &HostArtifacts,
+) -> Result<i32> {
     let prepare = crate::events::phase("prepare");
     let config = Config::load_generation(&generation.dir)?;
     let os = GuestOs::from_config(&config);
     let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
-    let art = HostArtifacts::prepare(os)?;
     // The overlay takes every write the guest makes: it lives on the image's
     // disk, not in the run dir (often a small tmpfs under XDG_RUNTIME_DIR),
     // and goes when the run ends.
@@ -83,7 +128,7 @@ pub fn run_command(
     let job = Instance {
         config: &config,
         os,
-        art: &art,
+        art,
         secrets: &secrets,
         generation,
         opts,
@@ -119,6 +164,37 @@ pub struct Running {
 }
 
 impl Instance<'_> {
+    /// The expanded form to revive from: this host's, or made now from
+    /// state.gz. `None` (reviving from state.gz) when it cannot be made,
+    /// with the reason logged.
+    async fn expanded(
+        &self,
+        sup: &mut Supervisor,
+        spec: &VmSpec,
+        revive: &Revive,
+    ) -> Option<Mapped> {
+        if let Some(m) = &revive.expanded {
+            return Some(m.clone());
+        }
+        match expand(
+            sup,
+            self.art,
+            spec,
+            &revive.state,
+            &revive.summary,
+            &revive.key,
+            &revive.describes,
+        )
+        .await
+        {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("reviving from state.gz: cannot expand the snapshot: {e:#}");
+                None
+            }
+        }
+    }
+
     fn guest_disk(&self, run_dir: &std::path::Path) -> GuestDisk {
         let dir = self.state_dir.as_deref().unwrap_or(run_dir);
         GuestDisk {
@@ -156,11 +232,28 @@ impl Instance<'_> {
         manifest
             .check_compatible(&identity)
             .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
-        crate::snapshot::verify(&self.generation.state(), &summary)
-            .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
+        let key = ExpandedKey::new(&summary, &identity, spec.memory_mib);
+        let expanded = key.lookup();
+        // The expanded form was checked against this state.gz when it was
+        // made; state.gz itself is read only without one.
+        if expanded.is_none() {
+            crate::snapshot::verify(&self.generation.state(), &summary)
+                .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
+        }
         Ok(Some(Revive {
             state: self.generation.state(),
             summary,
+            key,
+            expanded,
+            describes: format!(
+                "{} generation {}",
+                self.generation
+                    .dir
+                    .parent()
+                    .unwrap_or(&self.generation.dir)
+                    .display(),
+                self.generation.number
+            ),
         }))
     }
 
@@ -239,15 +332,34 @@ impl Instance<'_> {
         // The controller boots while the guest is revived or booted.
         let starting =
             spawn_controller(sup, config, self.art, self.secrets, &switch, &shares).await?;
-        let spec = self.guest_spec(&run_dir, &switch.dir, revive.is_some())?;
+        let mut spec = self.guest_spec(&run_dir, &switch.dir, revive.is_some())?;
         let t0 = std::time::Instant::now();
         let step =
             |what: &str| tracing::debug!("[start] {what} at {:.2} s", t0.elapsed().as_secs_f64());
+        let expanded = match revive {
+            Some(r) => self.expanded(sup, &spec, r).await,
+            None => None,
+        };
+        if let Some(m) = &expanded {
+            spec.memory_file = Some(MemoryFile {
+                path: m.ram(),
+                mode: MemoryFileMode::Private,
+            });
+        }
         let guest = start_guest(sup, self.art, &spec).await?;
         step("guest QEMU up");
-        if let Some(revive) = revive {
-            load_state(&guest, &run_dir, &revive.state, &revive.summary).await?;
-            step("snapshot loaded, guest resumed");
+        match (revive, &expanded) {
+            (_, Some(m)) => {
+                load_devices(&guest, &m.devices())
+                    .await
+                    .context("cannot revive the guest from its expanded snapshot")?;
+                step("expanded snapshot mapped, guest resumed");
+            }
+            (Some(revive), None) => {
+                load_state(&guest, &run_dir, &revive.state, &revive.summary, true).await?;
+                step("state.gz loaded, guest resumed");
+            }
+            (None, None) => {}
         }
         let mut ctrl = starting.connect().await?;
         step("controller agent answered");
@@ -256,23 +368,24 @@ impl Instance<'_> {
         } else {
             config.boot_timeout()
         };
-        wait_for_ssh(&mut ctrl.agent, os, "boot", ssh_timeout, &run_dir).await?;
+        // A revived guest's shell is checked by the next command.
+        wait_for_ssh(
+            &mut ctrl.agent,
+            os,
+            "boot",
+            ssh_timeout,
+            &run_dir,
+            revive.is_none(),
+        )
+        .await?;
         step("SSH ready");
         if revive.is_some() {
-            // The snapshot's clock stopped when it was saved.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            ctrl.agent
-                .exec_checked(&os.set_clock(now), None)
-                .await
-                .context("cannot set the revived guest's clock")?;
+            set_clock_and_mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
+            step("clock set, shares mapped");
+        } else {
+            mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
+            step("shares mapped");
         }
-        // Revived guests still hold mappings to the controller that saved
-        // them; mapping again reconnects them to this one, and checks it.
-        mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
-        step("clock set, shares mapped");
         Ok(Running {
             guest,
             ctrl,

@@ -8,6 +8,7 @@
 //! each member also carries its own length in a gzip FEXTRA subfield.
 
 pub mod manifest;
+pub mod mapped;
 pub mod member;
 mod pool;
 pub mod reader;

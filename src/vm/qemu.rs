@@ -166,6 +166,26 @@ pub struct Share {
     pub read_only: bool,
 }
 
+/// Guest RAM kept in a file (`memory-backend-file`) instead of anonymous
+/// memory. The backend takes the id `pc.ram`, the RAM block name QEMU
+/// gives `-m` memory, so a stream saved from either kind loads into the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    pub mode: MemoryFileMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryFileMode {
+    /// The guest's writes go to the file (`share=on`): a VM whose memory
+    /// is being saved.
+    Shared,
+    /// The file is opened read-only and mapped copy-on-write
+    /// (`share=off,readonly=on,rom=off`): pages load on first touch, the
+    /// guest's writes stay private, and the file never changes.
+    Private,
+}
+
 /// The machine and its devices. Build one with [`VmSpec::new`] and set the
 /// public fields; devices appear in the argv in a fixed order, so the same
 /// spec always renders the same argv.
@@ -201,6 +221,9 @@ pub struct VmSpec {
     pub no_reboot: bool,
     /// Start paused, waiting for `migrate-incoming` (a revive).
     pub incoming_defer: bool,
+    /// RAM in a file rather than anonymous memory. A per-run option: the
+    /// migration stream is the same either way.
+    pub memory_file: Option<MemoryFile>,
 }
 
 impl VmSpec {
@@ -226,6 +249,7 @@ impl VmSpec {
             serial_log: None,
             no_reboot: true,
             incoming_defer: false,
+            memory_file: None,
         }
     }
 
@@ -266,12 +290,18 @@ impl VmSpec {
                 &format!("{},process=cygvm-{}", self.name, self.name),
             );
         }
+        let memory_file = self.memory_file.as_ref().filter(|_| with_run_options);
         a.opt(
             "-machine",
             &format!(
-                "type={},accel={}",
+                "type={},accel={}{}",
                 self.machine.qemu_name(),
-                self.accel.qemu_name()
+                self.accel.qemu_name(),
+                if memory_file.is_some() {
+                    ",memory-backend=pc.ram"
+                } else {
+                    ""
+                }
             ),
         );
         a.opt(
@@ -282,6 +312,20 @@ impl VmSpec {
             },
         );
         a.opt("-m", &format!("{}M", self.memory_mib));
+        if let Some(file) = memory_file {
+            a.push(
+                "-object",
+                Arg::new(&format!(
+                    "memory-backend-file,id=pc.ram,size={}M,",
+                    self.memory_mib
+                ))
+                .lit(match file.mode {
+                    MemoryFileMode::Shared => "share=on,mem-path=",
+                    MemoryFileMode::Private => "share=off,readonly=on,rom=off,mem-path=",
+                })
+                .path("memory", &file.path),
+            );
+        }
         a.opt("-smp", &self.cpus.to_string());
 
         if let Firmware::Uefi { code, vars } = &self.firmware {

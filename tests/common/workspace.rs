@@ -12,6 +12,9 @@ pub struct Workspace {
     dir: tempfile::TempDir,
     pub runtime: PathBuf,
     name: String,
+    /// The cache cygvm uses (XDG_CACHE_HOME): the user's unless
+    /// [`Workspace::with_own_cache`].
+    cache: Option<PathBuf>,
 }
 
 pub fn text(b: &[u8]) -> String {
@@ -45,7 +48,25 @@ impl Workspace {
             dir,
             runtime,
             name: name.to_string(),
+            cache: None,
         }
+    }
+
+    /// Gives cygvm a cache of this workspace's own (`cache/` in it), so a
+    /// test sees exactly the snapshots its runs make.
+    pub fn with_own_cache(mut self) -> Self {
+        let cache = self.path().join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        self.cache = Some(cache);
+        self
+    }
+
+    /// `$XDG_CACHE_HOME/cygvm` of this workspace's commands.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .clone()
+            .expect("a workspace made with_own_cache")
+            .join("cygvm")
     }
 
     /// A workspace whose image is installed (the install must succeed).
@@ -78,6 +99,9 @@ impl Workspace {
         cmd.env("XDG_RUNTIME_DIR", &self.runtime)
             .env_remove("RUST_LOG")
             .current_dir(self.path());
+        if let Some(cache) = &self.cache {
+            cmd.env("XDG_CACHE_HOME", cache);
+        }
         cmd
     }
 

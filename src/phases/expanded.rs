@@ -1,0 +1,158 @@
+//! The expanded form of a generation's memory snapshot on this host: the
+//! guest's RAM as a file plus its device state (see
+//! [`crate::snapshot::mapped`]). `state.gz` stays the canonical snapshot;
+//! the expanded form is made from it by QEMU itself (the state loaded into
+//! a guest whose RAM is the new file, then the device state saved with
+//! `x-ignore-shared`), once per host and generation, and a revive maps it
+//! instead of streaming `state.gz`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::time::Instant;
+
+use crate::phases::instance::HostArtifacts;
+use crate::phases::migration::{load_state, save_devices};
+use crate::snapshot::StateSummary;
+use crate::snapshot::manifest::RuntimeIdentity;
+use crate::snapshot::mapped::{self, Builder, Mapped, MappedError};
+use crate::vm::host_tools::free_bytes;
+use crate::vm::qemu::{MemoryFile, MemoryFileMode, VmSpec};
+use crate::vm::supervisor::Supervisor;
+
+const QMP_DEADLINE: Duration = Duration::from_secs(30);
+/// Room left on the cache's filesystem beyond the guest's touched memory.
+const SPACE_MARGIN: u64 = 64 << 20;
+
+/// Where this host keeps expanded guest snapshots.
+pub fn cache_dir() -> PathBuf {
+    crate::cache::root().join("expanded")
+}
+
+/// What a generation's expanded form depends on: its state.gz and the QEMU
+/// and devices that load it.
+#[derive(Debug, Clone)]
+pub struct ExpandedKey {
+    pub key: String,
+    pub dir: PathBuf,
+    pub qemu_version: String,
+}
+
+impl ExpandedKey {
+    pub fn new(summary: &StateSummary, identity: &RuntimeIdentity, memory_mib: u64) -> Self {
+        let key = mapped::key_of(&[
+            ("state", &summary.sha256),
+            ("qemu", &identity.qemu_version),
+            ("machine", &identity.machine),
+            ("devices", &identity.device_argv.join("\n")),
+            ("memory", &memory_mib.to_string()),
+        ]);
+        Self {
+            dir: cache_dir().join(&key[..16]),
+            key,
+            qemu_version: identity.qemu_version.clone(),
+        }
+    }
+
+    /// The expanded form when it is there and sound. A damaged one is
+    /// reported and left for [`expand`] to replace.
+    pub fn lookup(&self) -> Option<Mapped> {
+        match Mapped::open(&self.dir, &self.key, &self.qemu_version) {
+            Ok(m) => Some(m),
+            Err(MappedError::Missing { .. }) => None,
+            Err(e) => {
+                tracing::warn!("{e}; making it again from state.gz");
+                None
+            }
+        }
+    }
+}
+
+/// Removes this host's expanded forms of `generation`'s snapshot: called
+/// when it is pruned. Runs still going keep their mappings (the files
+/// live until the last one ends).
+pub fn forget_generation(generation: &crate::image::Generation) {
+    let Ok(manifest) = crate::snapshot::Manifest::load(&generation.manifest()) else {
+        return;
+    };
+    let Some(state) = manifest.state else { return };
+    for (dir, meta) in mapped::list(&cache_dir()) {
+        if meta.source.as_deref() == Some(state.sha256.as_str()) {
+            match mapped::remove(&dir) {
+                Ok(()) => tracing::info!(
+                    "removed the expanded snapshot of generation {} ({})",
+                    generation.number,
+                    dir.display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
+            }
+        }
+    }
+}
+
+/// Makes the expanded form of `state` (verified by the caller) with a guest
+/// QEMU of `spec`'s devices, under the cache lock; another run that made it
+/// meanwhile is taken as is. Never leaves a partial one under its name.
+pub async fn expand(
+    sup: &mut Supervisor,
+    art: &HostArtifacts,
+    spec: &VmSpec,
+    state: &Path,
+    summary: &StateSummary,
+    key: &ExpandedKey,
+    describes: &str,
+) -> Result<Mapped> {
+    let lock_dir = key.dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || mapped::lock(&lock_dir))
+        .await
+        .context("the cache lock wait failed")??;
+    if let Ok(m) = Mapped::open(&key.dir, &key.key, &key.qemu_version) {
+        return Ok(m);
+    }
+    let (fs, free) = free_bytes(&key.dir)?;
+    let need = summary.stream_len + SPACE_MARGIN;
+    if free < need {
+        bail!(
+            "{} has {} MiB free, and expanding the snapshot needs about {} MiB",
+            fs.display(),
+            free >> 20,
+            need >> 20
+        );
+    }
+    let started = std::time::Instant::now();
+    let builder = Builder::new(&key.dir, spec.memory_mib << 20)?;
+    let run_dir = sup.run_dir().path().to_path_buf();
+    let mut spec = spec.clone();
+    spec.name = "guest-expand".into();
+    spec.qmp_socket = run_dir.join("guest-expand.qmp");
+    spec.serial_log = Some(run_dir.join("guest-expand.serial.log"));
+    spec.incoming_defer = true;
+    spec.memory_file = Some(MemoryFile {
+        path: builder.ram(),
+        mode: MemoryFileMode::Shared,
+    });
+    let vm = sup
+        .spawn_qemu(&art.qemu, &spec, Instant::now() + QMP_DEADLINE)
+        .await
+        .context("cannot start QEMU to expand the snapshot")?;
+    let result = async {
+        load_state(&vm, &run_dir, state, summary, false).await?;
+        save_devices(&vm, &builder.devices()).await
+    }
+    .await;
+    let status = sup.stop(vm.child).await;
+    result.with_context(|| format!("expanding the snapshot failed (QEMU: {status})"))?;
+    let made = builder.commit(
+        &key.key,
+        describes,
+        Some(&summary.sha256),
+        &key.qemu_version,
+    )?;
+    tracing::info!(
+        "expanded the snapshot into {} in {:.1} s",
+        made.dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(made)
+}

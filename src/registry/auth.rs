@@ -1,0 +1,226 @@
+//! Registry credentials from where people already keep them, and the
+//! `WWW-Authenticate` challenges that say how to use them.
+//!
+//! Looked up, first match wins: `$REGISTRY_AUTH_FILE`, then podman's
+//! `$XDG_RUNTIME_DIR/containers/auth.json`, then docker's
+//! `$DOCKER_CONFIG/config.json` (default `~/.docker/config.json`); in each,
+//! `auths.<host>.auth` is base64 of `user:password`. Credentials are never
+//! printed: their `Debug` shows the user and the file only.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read registry credentials from {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a credentials file ({reason})")]
+    Parse { path: PathBuf, reason: String },
+}
+
+/// A user and password for one registry.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+    /// The file they came from, for messages.
+    pub source: PathBuf,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The value of an `Authorization: Basic` header.
+    pub fn basic_header(&self) -> String {
+        let raw = format!("{}:{}", self.user, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+/// The files searched, in order (whether they exist or not).
+pub fn credential_files() -> Vec<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let mut files = Vec::new();
+    if let Some(f) = env("REGISTRY_AUTH_FILE") {
+        files.push(f);
+    }
+    if let Some(run) = env("XDG_RUNTIME_DIR") {
+        files.push(run.join("containers/auth.json"));
+    }
+    if let Some(d) = env("DOCKER_CONFIG") {
+        files.push(d.join("config.json"));
+    } else if let Some(home) = env("HOME") {
+        files.push(home.join(".docker/config.json"));
+    }
+    files
+}
+
+/// The stored credentials for `registry` (`host` or `host:port`), if any.
+pub fn lookup(registry: &str) -> Result<Option<Credentials>, CredentialsError> {
+    for file in credential_files() {
+        let text = match std::fs::read(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(CredentialsError::Read { path: file, source }),
+        };
+        if let Some(c) = from_file(&file, &text, registry)? {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
+}
+
+fn from_file(
+    path: &Path,
+    text: &[u8],
+    registry: &str,
+) -> Result<Option<Credentials>, CredentialsError> {
+    let parse = |reason: String| CredentialsError::Parse {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_slice(text).map_err(|e| parse(e.to_string()))?;
+    let Some(auths) = json.get("auths").and_then(|a| a.as_object()) else {
+        return Ok(None);
+    };
+    // Keys are written as `host`, `host:port`, or a URL such as
+    // `https://host/v1/`.
+    let entry = auths.iter().find(|(key, _)| {
+        let k = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        k.split('/').next() == Some(registry)
+    });
+    let Some((key, entry)) = entry else {
+        return Ok(None);
+    };
+    let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) else {
+        return Ok(None);
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .map_err(|_| parse(format!("auths.{key:?}.auth is not base64")))?;
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| parse(format!("auths.{key:?}.auth is not text")))?;
+    let (user, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| parse(format!("auths.{key:?}.auth is not user:password")))?;
+    Ok(Some(Credentials {
+        user: user.to_string(),
+        password: password.to_string(),
+        source: path.to_path_buf(),
+    }))
+}
+
+/// A parsed `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+}
+
+impl Challenge {
+    pub fn parse(header: &str) -> Option<Self> {
+        let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+        let param = |name: &str| -> Option<String> {
+            // key="value" pairs; values may hold commas (scopes do).
+            let mut rest = params;
+            while let Some(eq) = rest.find('=') {
+                let key = rest[..eq].trim().trim_start_matches(',').trim();
+                let after = &rest[eq + 1..];
+                let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+                    let end = quoted.find('"')?;
+                    (&quoted[..end], &quoted[end + 1..])
+                } else {
+                    let end = after.find(',').unwrap_or(after.len());
+                    (&after[..end], &after[end..])
+                };
+                if key.eq_ignore_ascii_case(name) {
+                    return Some(value.to_string());
+                }
+                rest = next;
+            }
+            None
+        };
+        if scheme.eq_ignore_ascii_case("basic") {
+            Some(Self::Basic)
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            Some(Self::Bearer {
+                realm: param("realm")?,
+                service: param("service"),
+                scope: param("scope"),
+            })
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_entries_match_by_host_and_port() {
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:with-colon");
+        let text = format!(
+            r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "eA=="}},
+                "127.0.0.1:5000": {{"auth": "{auth}"}}}}}}"#
+        );
+        let path = Path::new("/x/config.json");
+        let c = from_file(path, text.as_bytes(), "127.0.0.1:5000")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.user, "alice");
+        assert_eq!(c.password, "s3cret:with-colon");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(
+            from_file(path, text.as_bytes(), "127.0.0.1:5001")
+                .unwrap()
+                .is_none()
+        );
+        let err = from_file(path, br#"{"auths": {"h": {"auth": "!!"}}}"#, "h").unwrap_err();
+        assert!(err.to_string().contains("not base64"), "{err}");
+    }
+
+    #[test]
+    fn challenges_parse() {
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="basic-realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(
+            Challenge::parse(
+                r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into()),
+                scope: Some("repository:a/b:pull,push".into()),
+            })
+        );
+    }
+}

@@ -1,0 +1,505 @@
+//! `cygvm push` and `cygvm pull` against a real registry (Debian's
+//! docker-registry, distribution v2.8) with an image generation made of
+//! real files (a state.gz from cygvm's writer, a manifest, secrets), driven
+//! through the binary as a user would. The runs of a pulled stand-in image
+//! are in registry_e2e.rs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+#[path = "common/registry.rs"]
+mod registry;
+#[path = "common/synthetic.rs"]
+mod synthetic;
+
+use cygvm::image::ImageDir;
+use cygvm::snapshot::manifest::{DiskEntry, FORMAT_VERSION, rfc3339_utc};
+use cygvm::snapshot::{CodecOptions, Manifest, MigrationWriter};
+use registry::TestRegistry;
+
+const MIB: usize = 1 << 20;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Skips (saying why) when the registry is not installed.
+macro_rules! require_registry {
+    () => {
+        if let Some(why) = registry::missing() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// A host: its own home, cache (the default store) and credentials.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path().join("cache/cygvm/oci")
+    }
+
+    fn cygvm(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cygvm"));
+        cmd.env("HOME", self.path())
+            .env("XDG_CACHE_HOME", self.path().join("cache"))
+            .env("XDG_RUNTIME_DIR", self.path())
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("RUST_LOG")
+            .current_dir(self.path());
+        cmd
+    }
+
+    fn push(&self, image: &Path, target: &str, extra: &[&str]) -> Output {
+        self.cygvm()
+            .args(["push", "--plain-http", "--slice-size", "1", "--image"])
+            .arg(image)
+            .args(extra)
+            .arg(target)
+            .output()
+            .unwrap()
+    }
+
+    fn pull(&self, reference: &str) -> Output {
+        self.cygvm()
+            .args(["pull", "--plain-http", reference])
+            .output()
+            .unwrap()
+    }
+}
+
+/// An image directory with one generation: a `disk_mib` MiB disk, a
+/// state.gz of 1 MiB members, its manifest, a config and the secrets.
+fn make_image(root: &Path, disk_mib: usize, seed: u64) -> PathBuf {
+    let image = ImageDir::new(root.join("images/synthetic"));
+    let lock = image.lock_exclusive().unwrap();
+    let generation = image.begin_generation(&lock).unwrap();
+    std::fs::write(generation.disk(), synthetic::stream(disk_mib * MIB, seed)).unwrap();
+    let writer = MigrationWriter::create(
+        &generation.state(),
+        CodecOptions {
+            member_size: MIB,
+            ..CodecOptions::default()
+        },
+    )
+    .unwrap();
+    let state = writer
+        .save(&synthetic::stream(5 * MIB + 7, seed + 1)[..])
+        .unwrap()
+        .commit()
+        .unwrap();
+    std::fs::write(
+        generation.dir.join("config.toml"),
+        "[image]\nname = \"synthetic\"\n\n[guest]\nos = \"linux-standin\"\n",
+    )
+    .unwrap();
+    let disk_sha = cygvm::fsutil::sha256_file(&generation.disk()).unwrap();
+    Manifest {
+        format_version: FORMAT_VERSION,
+        cygvm_version: env!("CARGO_PKG_VERSION").into(),
+        qemu_version: "10.0.2".into(),
+        machine: "pc-q35-10.0".into(),
+        device_argv: vec!["-m".into(), "384".into()],
+        memory_bytes: 384 << 20,
+        disk: DiskEntry {
+            size: (disk_mib * MIB) as u64,
+            virtual_size: 1 << 30,
+            sha256: disk_sha,
+        },
+        state: Some(state),
+        config_fingerprint: "cd".repeat(32),
+        cygwin_packages: vec!["openssh".into()],
+        created: rfc3339_utc(std::time::SystemTime::now()),
+    }
+    .save(&generation.manifest())
+    .unwrap();
+    cygvm::secrets::ImageSecrets::load_or_create(&image.secrets(), None).unwrap();
+    generation.publish().unwrap();
+    image.root
+}
+
+/// The pinned reference `cygvm push` prints.
+fn pushed_ref(out: &Output) -> String {
+    assert!(out.status.success(), "push failed:\n{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let line = stdout.trim();
+    assert!(line.contains("@sha256:"), "{stdout}");
+    line.to_string()
+}
+
+fn same_file(a: &Path, b: &Path) {
+    assert!(
+        std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+        "{} differs from {}",
+        a.display(),
+        b.display()
+    );
+}
+
+#[test]
+fn push_then_pull_on_another_host_gives_the_generation_byte_for_byte() {
+    require_registry!();
+    let reg = TestRegistry::start();
+    let here = Host::new();
+    let image = make_image(here.path(), 3, 1);
+    let target = format!("{}/team/synthetic", reg.addr);
+    let out = here.push(&image, &target, &[]);
+    let pinned = pushed_ref(&out);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("tags gen-0001, latest"), "{stderr}");
+    assert!(
+        stderr.contains("0 B (0 layers) were already in the registry"),
+        "{stderr}"
+    );
+
+    // The artifact as the registry serves it.
+    let digest = pinned.split_once('@').unwrap().1;
+    let manifest_file = reg.blob_file(digest);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_file).unwrap()).unwrap();
+    assert_eq!(
+        manifest["artifactType"],
+        "application/vnd.cygvm.generation.v1"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.cygvm.generation.manifest.v1+json"
+    );
+    let layers = manifest["layers"].as_array().unwrap();
+    let disk_slices: Vec<_> = layers
+        .iter()
+        .filter(|l| l["annotations"]["cygvm.file"] == "gen-0001/disk.qcow2")
+        .collect();
+    assert_eq!(disk_slices.len(), 3, "a 3 MiB disk in 1 MiB slices");
+    let state_layers: Vec<_> = layers
+        .iter()
+        .filter(|l| l["mediaType"] == "application/vnd.cygvm.state.v1+gzip")
+        .collect();
+    assert!(state_layers.len() >= 3, "{state_layers:?}");
+    // Every state layer is gzip on its own.
+    for l in &state_layers {
+        let blob = reg.blob_file(l["digest"].as_str().unwrap());
+        let status = Command::new("gzip")
+            .arg("-t")
+            .stdin(std::fs::File::open(blob).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success(), "state layer {l} is not valid gzip");
+    }
+
+    // Another host pulls it by digest.
+    let there = Host::new();
+    let out = there.pull(&pinned);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = PathBuf::from(text(&out.stdout).trim());
+    assert_eq!(
+        dir,
+        there
+            .store()
+            .join("sha256")
+            .join(digest.strip_prefix("sha256:").unwrap())
+    );
+    let pulled = dir.join("current");
+    let source = image.join("gen-0001");
+    for f in ["disk.qcow2", "state.gz", "manifest.json", "config.toml"] {
+        same_file(&pulled.join(f), &source.join(f));
+    }
+    for f in ["client_ed25519", "ssh_host_ed25519_key", "samba_password"] {
+        same_file(&dir.join("secrets").join(f), &image.join("secrets").join(f));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pulled.join("disk.qcow2")), 0o444);
+    assert_eq!(mode(&pulled.join("state.gz")), 0o400);
+    assert_eq!(mode(&dir.join("secrets/client_ed25519")), 0o600);
+    // The pulled generation passes the checks a run makes.
+    let m = Manifest::load(&pulled.join("manifest.json")).unwrap();
+    cygvm::snapshot::verify(&pulled.join("state.gz"), m.state.as_ref().unwrap()).unwrap();
+
+    // Again: nothing to fetch. By tag: the same artifact.
+    let again = there.pull(&pinned);
+    assert!(
+        text(&again.stderr).contains("is in the store already"),
+        "{}",
+        text(&again.stderr)
+    );
+    let by_tag = there.pull(&format!("{target}:gen-0001"));
+    assert_eq!(text(&by_tag.stdout), text(&out.stdout));
+
+    // Pushing the same generation again sends no blob.
+    let out = here.push(&image, &target, &[]);
+    assert_eq!(pushed_ref(&out), pinned);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("layers) were already in the registry"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(" pushed "),
+        "a blob went up again:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_tampered_blob_is_refused_by_digest_and_nothing_is_kept() {
+    require_registry!();
+    let reg = TestRegistry::start();
+    let here = Host::new();
+    let image = make_image(here.path(), 2, 2);
+    let pinned = pushed_ref(&here.push(&image, &format!("{}/synthetic", reg.addr), &[]));
+    let digest = pinned.split_once('@').unwrap().1;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reg.blob_file(digest)).unwrap()).unwrap();
+    for media_type in [
+        "application/vnd.cygvm.state.v1+gzip",
+        "application/vnd.cygvm.file.slice.v1+zstd",
+    ] {
+        let layer = manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rfind(|l| l["mediaType"] == media_type)
+            .unwrap();
+        let blob_digest = layer["digest"].as_str().unwrap();
+        let blob = reg.blob_file(blob_digest);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x40;
+        std::fs::write(&blob, &bytes).unwrap();
+
+        let there = Host::new();
+        let out = there.pull(&pinned);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "a tampered {media_type} blob was accepted"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "blob {blob_digest} from {}/synthetic does not match its digest",
+                reg.addr
+            )),
+            "{stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(there.store().join("sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "left in the store: {left:?}");
+        bytes[at] ^= 0x40;
+        std::fs::write(&blob, &bytes).unwrap();
+    }
+}
+
+#[test]
+fn a_killed_pull_resumes_with_the_layers_it_lacks() {
+    require_registry!();
+    let reg = TestRegistry::start();
+    let here = Host::new();
+    let image = make_image(here.path(), 48, 3);
+    let pinned = pushed_ref(&here.push(&image, &format!("{}/synthetic", reg.addr), &[]));
+    let there = Host::new();
+    // One layer at a time, killed after its fifth.
+    let mut child = there
+        .cygvm()
+        .args(["pull", "--plain-http", "--jobs", "1", &pinned])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let line = lines.next().expect("pull output ended early").unwrap();
+        if line.contains(" pulled ") {
+            seen.push(line);
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let hex = pinned.rsplit_once(':').unwrap().1;
+    assert!(
+        !there.store().join("sha256").join(hex).exists(),
+        "the pull finished before it was killed"
+    );
+    assert!(
+        there
+            .store()
+            .join("sha256")
+            .join(format!(".{hex}.partial"))
+            .is_dir()
+    );
+
+    let out = there.pull(&pinned);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let resumed: usize = stderr
+        .split("resumed: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume reported:\n{stderr}"));
+    assert!(resumed >= 5, "{stderr}");
+    for line in &seen {
+        let layer = line.split(" pulled ").next().unwrap();
+        assert!(
+            !stderr.contains(&format!("{layer} pulled")),
+            "{layer} fetched twice:\n{stderr}"
+        );
+    }
+    let dir = there.store().join("sha256").join(hex).join("current");
+    same_file(&dir.join("disk.qcow2"), &image.join("gen-0001/disk.qcow2"));
+    same_file(&dir.join("state.gz"), &image.join("gen-0001/state.gz"));
+    assert!(
+        !there
+            .store()
+            .join("sha256")
+            .join(format!(".{hex}.partial"))
+            .exists()
+    );
+}
+
+#[test]
+fn two_pulls_of_one_artifact_on_a_host_fetch_it_once() {
+    require_registry!();
+    let reg = TestRegistry::start();
+    let here = Host::new();
+    let image = make_image(here.path(), 16, 4);
+    let pinned = pushed_ref(&here.push(&image, &format!("{}/synthetic", reg.addr), &[]));
+    let there = Host::new();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            there
+                .cygvm()
+                .args(["pull", "--plain-http", &pinned])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    assert_eq!(text(&outs[0].stdout), text(&outs[1].stdout));
+    let fetched = outs
+        .iter()
+        .filter(|o| text(&o.stderr).contains(&format!("pulled {pinned}")))
+        .count();
+    assert_eq!(
+        fetched,
+        1,
+        "{}\n---\n{}",
+        text(&outs[0].stderr),
+        text(&outs[1].stderr)
+    );
+}
+
+#[test]
+fn credentials_come_from_the_auth_file_and_a_wrong_password_is_named() {
+    require_registry!();
+    if let Err(e) = Command::new("htpasswd").arg("-h").output() {
+        eprintln!("skipped: htpasswd (apache2-utils) cannot run: {e}");
+        return;
+    }
+    let reg = TestRegistry::with_user("builder", "right-horse-battery");
+    let here = Host::new();
+    let image = make_image(here.path(), 1, 5);
+    let target = format!("{}/synthetic", reg.addr);
+
+    let out = here.push(&image, &target, &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "registry {} wants credentials and none are stored for it",
+            reg.addr
+        )),
+        "{stderr}"
+    );
+
+    let good = reg.auth_file(here.path(), "builder", "right-horse-battery");
+    let out = here
+        .cygvm()
+        .env("REGISTRY_AUTH_FILE", &good)
+        .args(["push", "--plain-http", "--image"])
+        .arg(&image)
+        .arg(&target)
+        .output()
+        .unwrap();
+    let pinned = pushed_ref(&out);
+
+    let bad = reg.auth_file(here.path(), "builder", "wrong-password");
+    let out = here
+        .cygvm()
+        .env("REGISTRY_AUTH_FILE", &bad)
+        .args(["pull", "--plain-http", &pinned])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "registry {} refused the credentials of user \"builder\" from {}",
+            reg.addr,
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong-password") && !stderr.contains("right-horse"),
+        "{stderr}"
+    );
+
+    // docker's file, found through HOME.
+    std::fs::create_dir_all(here.path().join(".docker")).unwrap();
+    std::fs::copy(&good, here.path().join(".docker/config.json")).unwrap();
+    let out = here.pull(&pinned);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_unknown_tag_and_a_plain_http_registry_without_the_flag_are_clear_errors() {
+    require_registry!();
+    let reg = TestRegistry::start();
+    let here = Host::new();
+    let out = here.pull(&format!("{}/synthetic:no-such-tag", reg.addr));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{}/synthetic:no-such-tag: no such tag or digest in the registry",
+            reg.addr
+        )),
+        "{stderr}"
+    );
+    let out = here
+        .cygvm()
+        .args(["pull", &format!("{}/synthetic:latest", reg.addr)])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("pass --plain-http"), "{stderr}");
+}
