@@ -5,7 +5,9 @@
 //! admin to. Every task's output comes back, no more than two VMs run at
 //! once, and the task whose build fails is FAILED with its exit code. The
 //! image is installed, and the tasks run, with `--json=FILE` progress events,
-//! as a pipeline would follow them.
+//! as a pipeline would follow them; it reaches the node as a pinned artifact
+//! pushed to a real registry (Debian's docker-registry), which the first
+//! task pulls into the node's store.
 //!
 //! Needs root and the packages (scripts/install-deps). Without them the test
 //! skips, except under CI (CI or CYGVM_REQUIRE_FIXTURES set), where it fails.
@@ -13,11 +15,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "common/registry.rs"]
+mod registry;
 #[path = "common/slurm_cluster.rs"]
 mod slurm_cluster;
 #[path = "common/workspace.rs"]
 mod workspace;
 
+use registry::TestRegistry;
 use slurm_cluster::{Cluster, ClusterSpec};
 use workspace::{Workspace, text};
 
@@ -116,9 +121,16 @@ fn install_following_events() -> Workspace {
 #[test]
 #[ignore = "starts Slurm's daemons and boots QEMU under TCG; run by .ci/run with --include-ignored"]
 fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
-    if let Err(why) = slurm_cluster::check_host() {
-        assert!(!required(), "cannot start a Slurm cluster: {why}");
-        eprintln!("skipping: cannot start a Slurm cluster: {why}");
+    let unavailable = slurm_cluster::check_host()
+        .err()
+        .map(|why| why.to_string())
+        .or_else(registry::missing);
+    if let Some(why) = unavailable {
+        assert!(
+            !required(),
+            "cannot start a Slurm cluster and a registry: {why}"
+        );
+        eprintln!("skipping: cannot start a Slurm cluster and a registry: {why}");
         return;
     }
     let cluster = Cluster::start(&ClusterSpec {
@@ -128,6 +140,19 @@ fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
     let started = Instant::now();
     let ws = install_following_events();
     let installed = started.elapsed();
+    // The image reaches the node as a pinned artifact in a registry.
+    let registry = TestRegistry::start();
+    let pushed = ws
+        .cygvm()
+        .args(["push", "--plain-http", "--image"])
+        .arg(ws.image())
+        .arg(format!("{}/cygvm/standin", registry.addr))
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "push: {}", text(&pushed.stderr));
+    let pinned = text(&pushed.stdout).trim().to_string();
+    assert!(pinned.contains("@sha256:"), "{pinned}");
+    let store = ws.path().join("store");
     let outputs = ws.path().join("outputs");
     let scratch = ws.path().join("tmp");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -139,7 +164,11 @@ fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
         .arg(&script)
         .current_dir(ws.path())
         .env("CYGVM", env!("CARGO_BIN_EXE_cygvm"))
-        .env("CYGVM_IMAGE", ws.image())
+        .env("CYGVM_IMAGE", &pinned)
+        .env(
+            "CYGVM_RUN_ARGS",
+            format!("--plain-http --store {}", store.display()),
+        )
         .env("CYGVM_BUILD", BUILD)
         .env("CYGVM_OUTPUT_ROOT", &outputs)
         .env("CYGVM_JSON", "1")
@@ -230,6 +259,7 @@ fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
         .collect();
     assert_eq!(most_at_once(&jobs), VM_SLOTS as usize, "{}", logs());
     let mut runs = Vec::new();
+    let mut fetched = 0;
     for task in 0..TASKS {
         let events = events(&outputs.join(format!("{task}.events.jsonl")));
         let seen = summary(&events);
@@ -238,12 +268,16 @@ fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
                 .filter(|s| s.starts_with("phase_finished"))
                 .collect::<Vec<_>>(),
             [
+                "phase_finished pull",
                 "phase_finished prepare",
                 "phase_finished revive",
                 "phase_finished command"
             ],
             "task {task}"
         );
+        let pulled = events.iter().find(|e| e["event"] == "pulled").unwrap();
+        assert_eq!(pulled["reference"], pinned.as_str(), "{pulled}");
+        fetched += usize::from(pulled["fetched"] == true);
         let finished = events.last().unwrap();
         assert_eq!(finished["event"], "finished");
         assert_eq!(finished["exit_status"], if task == 3 { 3 } else { 0 });
@@ -252,6 +286,9 @@ fn an_array_of_builds_runs_two_at_a_time_and_reports_each_status() {
         runs.push((time(&events[0]), time(finished)));
     }
     assert_eq!(most_at_once(&runs), VM_SLOTS as usize, "{runs:?}");
+    // One node, one store: the artifact came over once, even with two
+    // tasks starting together.
+    assert_eq!(fetched, 1, "tasks that fetched the artifact");
 
     // Every task cleaned up after itself: no VM, no scratch.
     assert!(ws.processes().is_empty(), "{:?}", ws.processes());

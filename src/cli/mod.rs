@@ -388,6 +388,7 @@ fn local_image(args: &RunArgs) -> Result<PathBuf> {
     match ImageSource::parse(arg)? {
         ImageSource::Local(p) => Ok(p),
         ImageSource::Registry(reference) => {
+            let phase = crate::events::phase("pull");
             let pulled = crate::registry::pull(
                 &reference,
                 &crate::registry::PullOptions {
@@ -397,6 +398,16 @@ fn local_image(args: &RunArgs) -> Result<PathBuf> {
                     lines: false,
                 },
             )?;
+            crate::events::emit(
+                "pulled",
+                serde_json::json!({
+                    "reference": pulled.pinned.to_string(),
+                    "fetched": pulled.fetched,
+                    "fetched_bytes": pulled.fetched_bytes,
+                    "image_dir": pulled.image_dir,
+                }),
+            );
+            phase.done();
             if pulled.fetched {
                 report_pull(&pulled);
             }
