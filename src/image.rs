@@ -288,6 +288,10 @@ impl RunScratch {
 /// A scratch directory without its lock file yet is left alone this long:
 /// its run may be just starting.
 const SCRATCH_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A run creates its lock file a moment before it takes the lock, so a free
+/// lock in a directory younger than this may be a run starting, not one
+/// that was killed.
+const SCRATCH_START_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ImageDir {
     /// A new scratch directory for a run, after removing those of runs
@@ -312,16 +316,17 @@ impl ImageDir {
             }
             let dir = entry.path();
             let lock = dir.join(LOCK);
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
             let stale = if lock.exists() {
                 // Not held: the run that made it is gone.
-                FileLock::acquire(&lock, libc::LOCK_EX).is_ok()
+                age.is_some_and(|age| age > SCRATCH_START_GRACE)
+                    && FileLock::acquire(&lock, libc::LOCK_EX).is_ok()
             } else {
-                entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > SCRATCH_GRACE)
+                age.is_some_and(|age| age > SCRATCH_GRACE)
             };
             if stale {
                 tracing::info!("removing {} left by a run that was killed", dir.display());
@@ -459,12 +464,49 @@ mod tests {
         fs::create_dir(&dead).unwrap();
         fs::write(dead.join(LOCK), b"").unwrap();
         fs::write(dead.join("overlay.qcow2"), b"big").unwrap();
+        let killed_at = std::time::SystemTime::now() - SCRATCH_START_GRACE * 2;
+        File::open(&dead).unwrap().set_modified(killed_at).unwrap();
         let next = image.run_scratch().unwrap();
         assert!(!dead.exists(), "the killed run's scratch stays");
         assert!(live.path().exists() && next.path().exists());
         let live_path = live.path().to_path_buf();
         drop(live);
         assert!(!live_path.exists(), "a finished run's scratch stays");
+    }
+
+    /// Runs that start at the same moment (the tasks of a Slurm array) each
+    /// keep their scratch: none takes another's for a killed run's.
+    #[test]
+    fn runs_starting_at_once_keep_their_scratch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = ImageDir::new(tmp.path().join("img"));
+        fs::create_dir_all(&image.root).unwrap();
+        let failures = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        let result =
+                            image
+                                .run_scratch()
+                                .map_err(|e| e.to_string())
+                                .and_then(|scratch| {
+                                    fs::write(scratch.path().join("overlay.qcow2"), b"x")
+                                        .map_err(|e| format!("{}: {e}", scratch.path().display()))
+                                });
+                        if let Err(e) = result {
+                            failures.lock().unwrap().push(e);
+                        }
+                    }
+                });
+            }
+        });
+        let failures = failures.into_inner().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} runs lost their scratch: {failures:?}",
+            failures.len()
+        );
     }
 
     #[test]

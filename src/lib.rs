@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod cygwin;
 pub mod doctor;
+pub mod events;
 pub mod fsutil;
 pub mod guest;
 pub mod image;

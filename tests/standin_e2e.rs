@@ -389,3 +389,66 @@ fn an_xp_install_gets_xp_devices_winnt_sif_and_smb1() {
     assert!(!stdout.contains("disk controller: ahci"), "{stdout}");
     assert!(stdout.contains("smb1: allowed"), "{stdout}");
 }
+
+/// `--json` events on stderr: the command's stdout stays its own, its
+/// stderr (even an unfinished last line) and the events share stderr with
+/// every event on a line of its own, and the events name the phases in
+/// order and end with the command's exit status.
+#[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn a_run_with_json_reports_its_phases_and_exit_status() {
+    let _vm = vm_lock();
+    let ws = shared();
+    let out = ws.run(
+        &["--json"],
+        &["sh", "-c", "echo to-stdout; printf unfinished >&2; exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "to-stdout\n");
+    let stderr = text(&out.stderr);
+    let (events, other): (Vec<&str>, Vec<&str>) = stderr.lines().partition(|l| l.starts_with('{'));
+    // cygvm's warnings (TCG instead of KVM, on some hosts) stay text lines.
+    let other: Vec<&str> = other.into_iter().filter(|l| !l.contains("WARN")).collect();
+    assert_eq!(other, ["unfinished"], "{stderr}");
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let seen: Vec<String> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["command"], "run", "{e}");
+            assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{e}");
+            assert!(e["elapsed_ms"].is_u64(), "{e}");
+            match e["phase"].as_str() {
+                Some(phase) => {
+                    if e["event"] == "phase_finished" {
+                        assert_eq!(e["ok"], true, "{e}");
+                        assert!(e["duration_ms"].is_u64(), "{e}");
+                    }
+                    format!("{} {phase}", e["event"].as_str().unwrap())
+                }
+                None => e["event"].as_str().unwrap().to_string(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "started",
+            "phase_started prepare",
+            "phase_finished prepare",
+            "phase_started revive",
+            "phase_finished revive",
+            "phase_started command",
+            "phase_finished command",
+            "command_exited",
+            "finished",
+        ],
+        "{stderr}"
+    );
+    let finished = events.last().unwrap();
+    assert_eq!(finished["exit_status"], 3, "{finished}");
+    assert!(finished.get("error").is_none(), "{finished}");
+    assert_eq!(events[events.len() - 2]["exit_status"], 3);
+}

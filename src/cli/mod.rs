@@ -127,10 +127,43 @@ impl ConfigArg {
     }
 }
 
+/// `--json[=FILE]`, for the jobs that report progress events.
+#[derive(Debug, Args)]
+pub struct EventsArg {
+    /// Write progress events, one JSON object per line (docs/events.md), to
+    /// stderr, or to FILE with --json=FILE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "-"
+    )]
+    pub json: Option<PathBuf>,
+}
+
+impl EventsArg {
+    /// Turns events on for `job` when asked for.
+    fn enable(&self, job: &'static str) -> Result<()> {
+        if let Some(value) = &self.json {
+            crate::events::enable(job, &crate::events::target(Some(value)))?;
+        }
+        Ok(())
+    }
+
+    /// Events on stderr take the place of cygvm's progress lines there.
+    fn on_stderr(&self) -> bool {
+        self.json.is_some()
+            && crate::events::target(self.json.as_deref()) == crate::events::Target::Stderr
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    #[command(flatten)]
+    pub events: EventsArg,
     /// Keep the run directory (logs, serial consoles) when the install
     /// fails, and the attempt's guest disk next to its logs.
     #[arg(long)]
@@ -216,6 +249,8 @@ pub struct RunArgs {
     /// Keep the run directory (logs, serial consoles) when the run fails.
     #[arg(long)]
     pub keep_failed: bool,
+    #[command(flatten)]
+    pub events: EventsArg,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -229,6 +264,8 @@ pub struct RefreshArgs {
     /// Keep the run directory (logs, serial consoles) when the refresh fails.
     #[arg(long)]
     pub keep_failed: bool,
+    #[command(flatten)]
+    pub events: EventsArg,
     /// An update command to run instead of the default.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -351,6 +388,7 @@ fn local_image(args: &RunArgs) -> Result<PathBuf> {
     match ImageSource::parse(arg)? {
         ImageSource::Local(p) => Ok(p),
         ImageSource::Registry(reference) => {
+            let phase = crate::events::phase("pull");
             let pulled = crate::registry::pull(
                 &reference,
                 &crate::registry::PullOptions {
@@ -360,6 +398,16 @@ fn local_image(args: &RunArgs) -> Result<PathBuf> {
                     lines: false,
                 },
             )?;
+            crate::events::emit(
+                "pulled",
+                serde_json::json!({
+                    "reference": pulled.pinned.to_string(),
+                    "fetched": pulled.fetched,
+                    "fetched_bytes": pulled.fetched_bytes,
+                    "image_dir": pulled.image_dir,
+                }),
+            );
+            phase.done();
             if pulled.fetched {
                 report_pull(&pulled);
             }
@@ -382,9 +430,16 @@ pub fn init_logging(default: &str) {
 
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
-    // A run's stderr belongs to the guest command: only warnings from cygvm.
-    init_logging(match cli.command {
+    // A run's stderr belongs to the guest command, and events on stderr
+    // replace the progress lines: only warnings from cygvm.
+    init_logging(match &cli.command {
         Command::Run(_) => "warn",
+        Command::Install(InstallArgs { events, .. })
+        | Command::Refresh(RefreshArgs { events, .. })
+            if events.on_stderr() =>
+        {
+            "warn"
+        }
         _ => "info",
     });
     match cli.command {
@@ -392,6 +447,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Cygwin(CygwinCommand::Resolve(args)) => cygwin_cmd::resolve(&args),
         Command::Cygwin(CygwinCommand::Mirror(args)) => cygwin_cmd::mirror(&args),
         Command::Install(args) => {
+            args.events.enable("install")?;
             let config = args.config.load()?;
             crate::phases::install::run(
                 &config,
@@ -417,15 +473,19 @@ pub fn run() -> Result<ExitCode> {
             println!("{}", pulled.image_dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => crate::phases::run::run(&crate::phases::run::RunOptions {
-            image: local_image(&args)?,
-            input: args.input,
-            output: args.output,
-            keep_failed: args.keep_failed,
-            cold: args.cold,
-            command: args.command,
-        }),
+        Command::Run(args) => {
+            args.events.enable("run")?;
+            crate::phases::run::run(&crate::phases::run::RunOptions {
+                image: local_image(&args)?,
+                input: args.input,
+                output: args.output,
+                keep_failed: args.keep_failed,
+                cold: args.cold,
+                command: args.command,
+            })
+        }
         Command::Refresh(args) => {
+            args.events.enable("refresh")?;
             crate::phases::refresh::run(&crate::phases::refresh::RefreshOptions {
                 image: args.image,
                 keep_failed: args.keep_failed,

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::config::{Config, Firmware as ConfigFirmware};
+use crate::events;
 use crate::guest::{GuestOs, installer_iso};
 use crate::image::{ImageDir, PendingGeneration};
 use crate::media;
@@ -44,6 +45,7 @@ struct Installed {
 }
 
 pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result<ExitCode> {
+    let prepare = events::phase("prepare");
     let os = GuestOs::from_config(config);
     let windows_iso = if os == GuestOs::Windows {
         let iso = config.guest.iso.as_ref().ok_or_else(|| {
@@ -91,6 +93,8 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
             iso
         }
     };
+    prepare.done();
+    let media_phase = events::phase("media");
     tracing::info!(
         "[media] writing the install media to {}",
         image.media().display()
@@ -132,6 +136,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         uefi_vars,
         logs: pending.logs(),
     };
+    media_phase.done();
     let outcome = runtime()?.block_on(supervise(
         &format!("install-{}", config.image.name),
         opts.keep_failed,
@@ -161,15 +166,19 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
         created: rfc3339_utc(std::time::SystemTime::now()),
     };
     manifest.save(&pending.manifest())?;
+    let verify = events::phase("verify");
     if let Err(e) = crate::phases::run::verify_revives(&image, &pending, &art, opts.keep_failed) {
         return Err(failed(e, &pending, opts.keep_failed));
     }
+    verify.done();
+    let publish = events::phase("publish");
     let generation = pending.publish()?;
     image.prune_with(
         KEEP_GENERATIONS,
         &lock,
         crate::phases::expanded::forget_generation,
     )?;
+    publish.done();
     println!(
         "installed {} ({}): generation {} in {}",
         config.image.name,
@@ -271,6 +280,7 @@ impl InstallJob<'_> {
             &install_boot,
         )?;
         let timeout = config.install_timeout();
+        let phase = events::phase("guest-install");
         let progress =
             PhaseProgress::start("guest-install", run_dir.join("guest.serial.log"), false);
         let guest = start_guest(sup, self.art, &spec).await?;
@@ -307,6 +317,7 @@ impl InstallJob<'_> {
             progress.elapsed().as_secs_f64()
         );
         drop(progress);
+        phase.done();
         std::fs::rename(
             run_dir.join("guest.serial.log"),
             run_dir.join("guest-install.serial.log"),
@@ -323,6 +334,7 @@ impl InstallJob<'_> {
         };
         std::fs::create_dir_all(&shares.inputs)?;
         std::fs::create_dir_all(&shares.outputs)?;
+        let phase = events::phase("boot");
         let progress = PhaseProgress::start("boot", run_dir.join("guest.serial.log"), false);
         // The controller and the guest boot side by side.
         let starting =
@@ -364,6 +376,7 @@ impl InstallJob<'_> {
         mount_shares(&mut ctrl.agent, config, os, self.secrets).await?;
 
         run_provision(&mut ctrl.agent, config, os).await?;
+        phase.done();
 
         // snapshot: the booted guest with its shares mapped, paused and
         // saved; the disk is complete once QEMU has finished the migration.
@@ -371,6 +384,7 @@ impl InstallJob<'_> {
             .exec_checked(&os.flush_disks(), None)
             .await
             .context("cannot flush the guest's disks before the snapshot")?;
+        let phase = events::phase("snapshot");
         let progress = PhaseProgress::start("snapshot", run_dir.join("guest.serial.log"), true);
         let state = save_state(&guest, &run_dir, &self.state).await?;
         tracing::info!(
@@ -380,6 +394,7 @@ impl InstallJob<'_> {
             progress.elapsed().as_secs_f64()
         );
         drop(progress);
+        phase.done();
         let _ = ctrl.agent.shutdown().await;
         Ok(Installed { identity, state })
     }

@@ -34,7 +34,8 @@ impl PhaseProgress {
     pub fn start(phase: &str, serial_log: PathBuf, quiet: bool) -> Self {
         let started = Instant::now();
         let phase = phase.to_string();
-        let tty = std::io::stderr().is_terminal() && !quiet;
+        // Events on stderr (`--json`) take the spinner's place.
+        let tty = std::io::stderr().is_terminal() && !quiet && !crate::events::on_stderr();
         let bar = tty.then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(

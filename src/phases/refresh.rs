@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::config::Config;
+use crate::events;
 use crate::guest::{GuestOs, UPDATE_NEEDS_REBOOT};
 use crate::image::{Generation, ImageDir, PendingGeneration};
 use crate::media;
@@ -37,6 +38,7 @@ pub struct RefreshOptions {
 }
 
 pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
+    let prepare = events::phase("prepare");
     let image = ImageDir::new(&opts.image);
     let lock = image.lock_exclusive()?;
     let current = image.current()?;
@@ -47,6 +49,7 @@ pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
     let art = HostArtifacts::prepare(os)?;
 
     let pending = image.begin_generation(&lock)?;
+    prepare.done();
     match refresh(
         &config, os, &art, &secrets, &image, &current, &pending, opts,
     ) {
@@ -67,12 +70,14 @@ pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
         }
     }
     let number = pending.number;
+    let publish = events::phase("publish");
     let published = pending.publish()?;
     let removed = image.prune_with(
         config.image.keep.0,
         &lock,
         crate::phases::expanded::forget_generation,
     )?;
+    publish.done();
     println!(
         "refreshed {}: generation {number} is current ({}){}",
         config.image.name,
@@ -97,6 +102,7 @@ fn refresh(
     pending: &PendingGeneration,
     opts: &RefreshOptions,
 ) -> Result<()> {
+    let mirror = events::phase("mirror");
     let config_dir = &current.dir;
     for name in ["config.toml", "config.base"] {
         if config_dir.join(name).exists() {
@@ -141,6 +147,8 @@ fn refresh(
         state_dir: Some(pending.dir.clone()),
     };
     let revive = instance.check_snapshot()?;
+    mirror.done();
+    let update_phase = events::phase("update");
     let logs = pending.logs();
     let (identity, summary) = runtime()?.block_on(supervise(
         &format!("refresh-{}", config.image.name),
@@ -159,8 +167,10 @@ fn refresh(
             result
         },
     ))?;
+    update_phase.done();
 
     // The overlay becomes a standalone base disk; the old one is untouched.
+    let save = events::phase("save");
     let overlay = pending.dir.join("overlay.qcow2");
     art.convert_disk(&overlay, &pending.disk())?;
     std::fs::remove_file(&overlay)?;
@@ -180,8 +190,12 @@ fn refresh(
         created: rfc3339_utc(std::time::SystemTime::now()),
     };
     manifest.save(&pending.manifest())?;
+    save.done();
 
-    verify_revives(image, pending, art, opts.keep_failed)
+    let verify = events::phase("verify");
+    verify_revives(image, pending, art, opts.keep_failed)?;
+    verify.done();
+    Ok(())
 }
 
 /// Runs the update in the revived guest, brings it back to the ready
@@ -201,7 +215,11 @@ async fn update_and_save(
     let exit = running
         .ctrl
         .agent
-        .exec(update, &mut tokio::io::stderr(), &mut tokio::io::stderr())
+        .exec(
+            update,
+            &mut events::command_stderr(),
+            &mut events::command_stderr(),
+        )
         .await?;
     match exit.exit_code() {
         0 => {}

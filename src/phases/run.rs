@@ -67,6 +67,7 @@ pub fn run(opts: &RunOptions) -> Result<ExitCode> {
             .with_context(|| format!("cannot create --output {}", output.display()))?;
     }
     let status = run_command(&image, &generation, opts, &opts.command)?;
+    crate::events::command_exited(status);
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
@@ -116,6 +117,7 @@ pub fn run_command_with(
     command: &[String],
     art: &HostArtifacts,
 ) -> Result<i32> {
+    let prepare = crate::events::phase("prepare");
     let config = Config::load_generation(&generation.dir)?;
     let os = GuestOs::from_config(&config);
     let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
@@ -133,6 +135,7 @@ pub fn run_command_with(
         state_dir: Some(scratch.path().to_path_buf()),
     };
     let revive = job.check_snapshot()?;
+    prepare.done();
     runtime()?.block_on(supervise(
         &format!("run-{}", config.image.name),
         opts.keep_failed,
@@ -278,15 +281,23 @@ impl Instance<'_> {
         revive: Option<&Revive>,
         command: &[String],
     ) -> Result<i32> {
+        let start = crate::events::phase(if revive.is_some() { "revive" } else { "boot" });
         let mut running = self.start(sup, revive).await?;
+        start.done();
         let command = self.os.shell_command(command);
         tracing::debug!("running in the guest: {command}");
+        let phase = crate::events::phase("command");
         let exit = running
             .ctrl
             .agent
-            .exec(&command, &mut tokio::io::stdout(), &mut tokio::io::stderr())
+            .exec(
+                &command,
+                &mut tokio::io::stdout(),
+                &mut crate::events::command_stderr(),
+            )
             .await
             .context("the command's connection to the guest broke")?;
+        phase.done();
         Ok(exit.exit_code())
     }
 

@@ -202,17 +202,22 @@ pub fn clean_stale(base: &Path) -> Vec<PathBuf> {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(60));
+        let staging = entry.file_name().to_string_lossy().starts_with('.');
+        // A young staging dir belongs to a cygvm starting now, which creates
+        // its lock file a moment before it takes the lock.
+        if staging && !old {
+            continue;
+        }
         let lock = match File::open(dir.join(LOCK)) {
             Ok(f) => f,
             // Not ours, or a staging dir of a process that died before
-            // locking: old ones only, to stay out of a starting cygvm's way.
+            // locking.
             Err(_) => {
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(60));
-                let name = entry.file_name();
-                if old && name.to_string_lossy().starts_with('.') {
+                if staging {
                     let _ = fs::remove_dir_all(&dir);
                     removed.push(dir);
                 }
@@ -328,6 +333,36 @@ mod tests {
         let path = rd.path().to_path_buf();
         rd.remove().unwrap();
         assert!(!path.exists());
+    }
+
+    /// cygvms starting at the same moment under one XDG_RUNTIME_DIR each
+    /// get their run directory: none cleans up another's while it starts.
+    #[test]
+    fn instances_starting_at_once_keep_their_run_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("cygvm");
+        let failures = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for thread in 0..8 {
+                let (base, failures) = (&base, &failures);
+                s.spawn(move || {
+                    for n in 0..100 {
+                        let result = RunDir::create(base, &format!("run-{thread}-{n}"))
+                            .map_err(|e| e.to_string())
+                            .and_then(|dir| dir.remove().map_err(|e| e.to_string()));
+                        if let Err(e) = result {
+                            failures.lock().unwrap().push(e);
+                        }
+                    }
+                });
+            }
+        });
+        let failures = failures.into_inner().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} starts failed: {failures:?}",
+            failures.len()
+        );
     }
 
     #[test]
