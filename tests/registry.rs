@@ -503,3 +503,82 @@ fn an_unknown_tag_and_a_plain_http_registry_without_the_flag_are_clear_errors() 
     assert!(!out.status.success());
     assert!(stderr.contains("pass --plain-http"), "{stderr}");
 }
+
+/// The JSON event lines of a `--json=FILE` file.
+fn events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn push_and_pull_report_json_events() {
+    require_registry!();
+    let reg = TestRegistry::start();
+    let here = Host::new();
+    let image = make_image(here.path(), 2, 7);
+    let target = format!("{}/team/events", reg.addr);
+    let push_events = here.path().join("push.jsonl");
+    let out = here.push(
+        &image,
+        &target,
+        &[&format!("--json={}", push_events.display())],
+    );
+    let pinned = pushed_ref(&out);
+    let ev = events(&push_events);
+    let kinds: Vec<&str> = ev.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "started",
+            "phase_started",
+            "pushed",
+            "phase_finished",
+            "finished"
+        ],
+        "{ev:?}"
+    );
+    assert!(ev.iter().all(|e| e["command"] == "push"));
+    assert_eq!(ev[2]["reference"], pinned.as_str());
+    assert_eq!(ev[4]["exit_status"], 0);
+
+    let there = Host::new();
+    let pull_events = there.path().join("pull.jsonl");
+    let out = there
+        .cygvm()
+        .args(["pull", "--plain-http"])
+        .arg(format!("--json={}", pull_events.display()))
+        .arg(&pinned)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ev = events(&pull_events);
+    let pulled = ev
+        .iter()
+        .find(|e| e["event"] == "pulled")
+        .expect("a pulled event");
+    assert_eq!(pulled["reference"], pinned.as_str());
+    assert_eq!(pulled["fetched"], true);
+    assert_eq!(ev.last().unwrap()["event"], "finished");
+    assert_eq!(ev.last().unwrap()["exit_status"], 0);
+
+    // A pull that fails ends with the error in its last event.
+    let bad_events = there.path().join("bad.jsonl");
+    let out = there
+        .cygvm()
+        .args(["pull", "--plain-http"])
+        .arg(format!("--json={}", bad_events.display()))
+        .arg(format!("{}/team/events:no-such-tag", reg.addr))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let last = events(&bad_events).pop().unwrap();
+    assert_eq!(last["event"], "finished");
+    assert_eq!(last["exit_status"], 1);
+    assert!(
+        last["error"].as_str().unwrap().contains("no-such-tag"),
+        "{last}"
+    );
+}

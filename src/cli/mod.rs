@@ -209,6 +209,8 @@ pub struct PushArgs {
     /// Where to: REGISTRY/REPO[:TAG].
     #[arg(value_name = "REFERENCE")]
     pub target: String,
+    #[command(flatten)]
+    pub events: EventsArg,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +225,8 @@ pub struct PullArgs {
     /// What: REGISTRY/REPO@sha256:HEX or REGISTRY/REPO:TAG.
     #[arg(value_name = "REFERENCE")]
     pub reference: String,
+    #[command(flatten)]
+    pub events: EventsArg,
 }
 
 #[derive(Debug, Args)]
@@ -340,8 +344,10 @@ pub struct MediaArgs {
 }
 
 fn push(args: &PushArgs) -> Result<ExitCode> {
+    args.events.enable("push")?;
     let target = crate::registry::Reference::parse(&args.target)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let phase = crate::events::phase("push");
     let pushed = crate::registry::push(&crate::registry::PushOptions {
         image: args.image.clone(),
         target,
@@ -349,6 +355,18 @@ fn push(args: &PushArgs) -> Result<ExitCode> {
         slice_bytes: args.slice_size.max(1) << 20,
         jobs: args.jobs.unwrap_or(cores),
     })?;
+    crate::events::emit(
+        "pushed",
+        serde_json::json!({
+            "reference": pushed.pinned.to_string(),
+            "layers": pushed.layers,
+            "bytes": pushed.total_bytes,
+            "skipped_layers": pushed.skipped_layers,
+            "skipped_bytes": pushed.skipped_bytes,
+            "tags": pushed.tags,
+        }),
+    );
+    phase.done();
     let human = crate::registry::progress::human_bytes;
     eprintln!(
         "pushed {} layers, {}: {} ({} layers) were already in the registry; tags {}",
@@ -459,7 +477,9 @@ pub fn run() -> Result<ExitCode> {
         }
         Command::Push(args) => push(&args),
         Command::Pull(args) => {
+            args.events.enable("pull")?;
             let reference = crate::registry::Reference::parse(&args.reference)?;
+            let phase = crate::events::phase("pull");
             let pulled = crate::registry::pull(
                 &reference,
                 &crate::registry::PullOptions {
@@ -469,6 +489,16 @@ pub fn run() -> Result<ExitCode> {
                     lines: true,
                 },
             )?;
+            crate::events::emit(
+                "pulled",
+                serde_json::json!({
+                    "reference": pulled.pinned.to_string(),
+                    "fetched": pulled.fetched,
+                    "fetched_bytes": pulled.fetched_bytes,
+                    "image_dir": pulled.image_dir,
+                }),
+            );
+            phase.done();
             report_pull(&pulled);
             println!("{}", pulled.image_dir.display());
             Ok(ExitCode::SUCCESS)
