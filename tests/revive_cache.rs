@@ -465,6 +465,7 @@ fn a_refresh_during_runs_leaves_them_be_and_prunes_the_old_expanded_snapshot() {
     // A run of generation 1 that outlasts the refresh: it waits for a file
     // the test puts in its output directory.
     let outputs = ws.path().join("long-outputs");
+    std::fs::create_dir_all(&outputs).unwrap();
     let long = ws
         .cygvm()
         .arg("run")
@@ -482,6 +483,14 @@ fn a_refresh_during_runs_leaves_them_be_and_prunes_the_old_expanded_snapshot() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // If the test fails before the run ends, the run must not wait forever.
+    struct Release(PathBuf);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("go"), b"");
+        }
+    }
+    let release = Release(outputs.clone());
     let refreshed = ws.refresh(&["sh", "-c", "echo refreshed > ~/refreshed"]);
     assert!(refreshed.status.success(), "{}", text(&refreshed.stderr));
     // Generation 1 is held by the run: neither it nor its expanded form goes.
@@ -489,7 +498,7 @@ fn a_refresh_during_runs_leaves_them_be_and_prunes_the_old_expanded_snapshot() {
     assert!(gen1.exists());
     assert_eq!(snapshots(&ws, "expanded").len(), 2);
     // Let the run finish: unaffected.
-    std::fs::write(outputs.join("go"), b"").unwrap();
+    drop(release);
     let out = long.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("still-here"));
