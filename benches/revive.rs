@@ -258,7 +258,7 @@ fn bench() -> Result<()> {
     }
     doc.push_str(&format!(
         "\n### Four runs of one image at once (1.4 GiB touched)\n\n\
-         Four `cygvm run -- sh -c 'cat /mnt/fill/* >/dev/null; sleep 20'` at once (each \
+         Four `cygvm run -- sh -c 'cat /mnt/fill/* | wc -c; sleep 20'` at once (each \
          reads all the filled memory); PSS of the four guest QEMU processes summed from \
          `/proc/PID/smaps_rollup` while all four run. PSS splits a page shared by n \
          processes n ways, so shared clean pages of the RAM file count once in the sum.\n\n\
@@ -296,7 +296,9 @@ fn parallel_pss(ws: &Workspace, n: usize) -> Result<(u64, Vec<u64>)> {
                 &[
                     "sh",
                     "-c",
-                    &format!("cat /mnt/fill/* >/dev/null; echo read{i}; sleep 20"),
+                    // Through a pipe into wc: cat to /dev/null may splice
+                    // without reading a byte.
+                    &format!("cat /mnt/fill/* | wc -c >/dev/null; echo read{i}; sleep 20"),
                 ],
             )
             .stdout(Stdio::piped())

@@ -305,10 +305,14 @@ impl Instance<'_> {
     /// the clock set, the shares mapped.
     pub async fn start(&self, sup: &mut Supervisor, revive: Option<&Revive>) -> Result<Running> {
         let (config, os) = (self.config, self.os);
+        let t0 = std::time::Instant::now();
+        let step =
+            |what: &str| tracing::debug!("[start] {what} at {:.2} s", t0.elapsed().as_secs_f64());
         let run_dir = sup.run_dir().path().to_path_buf();
         let disk = self.guest_disk(&run_dir);
         self.art
             .create_disk(&disk.disk, 0, Some(&self.generation.disk()))?;
+        step("overlay made");
         // The guest may write its UEFI variables; the image's copy stays as is.
         if let Some(vars) = &disk.uefi_vars {
             std::fs::copy(self.generation.dir.join("OVMF_VARS.fd"), vars)?;
@@ -329,13 +333,12 @@ impl Instance<'_> {
         std::fs::create_dir_all(&shares.outputs)?;
 
         let switch = VdeSwitch::start(sup, Instant::now() + Duration::from_secs(15)).await?;
-        // The controller boots while the guest is revived or booted.
+        step("switch up");
+        // The controller's agent answers while the guest is revived or booted.
         let starting =
             spawn_controller(sup, config, self.art, self.secrets, &switch, &shares).await?;
+        step("controller QEMU up and revived (or booting)");
         let mut spec = self.guest_spec(&run_dir, &switch.dir, revive.is_some())?;
-        let t0 = std::time::Instant::now();
-        let step =
-            |what: &str| tracing::debug!("[start] {what} at {:.2} s", t0.elapsed().as_secs_f64());
         let expanded = match revive {
             Some(r) => self.expanded(sup, &spec, r).await,
             None => None,
