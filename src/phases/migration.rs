@@ -33,6 +33,12 @@ pub async fn save_state(vm: &Vm, run_dir: &Path, dest: &Path) -> Result<StateSum
         .migrate_set_parameters(json!({ "max-bandwidth": UNLIMITED_BANDWIDTH }))
         .await
         .context("cannot lift QEMU's migration bandwidth cap")?;
+    // A guest revived from an expanded snapshot has `x-ignore-shared` on;
+    // state.gz carries all of RAM and must load without it.
+    vm.qmp
+        .migrate_set_capabilities(&[(IGNORE_SHARED, false)])
+        .await
+        .context("cannot turn QEMU's x-ignore-shared off")?;
     vm.qmp.stop().await.context("cannot pause the guest")?;
     let writer = MigrationWriter::create(dest, CodecOptions::default())?;
     let receive = tokio::spawn(async move {
