@@ -105,10 +105,10 @@ impl DerivedStore {
     /// The published derived generation `key`, if there is one.
     pub fn lookup(&self, key: &str) -> Option<Generation> {
         let dir = self.dir.join(key);
-        dir.join(META).is_file().then(|| Generation {
-            number: self.parent.number,
-            dir,
-        })
+        let number = self.parent.number;
+        dir.join(META)
+            .is_file()
+            .then_some(Generation { number, dir })
     }
 
     /// Waits for the right to use `key` (shared with other runs; excludes
@@ -176,7 +176,7 @@ impl DerivedStore {
                 last_used,
             });
         }
-        out.sort_by(|a, b| b.last_used.cmp(&a.last_used));
+        out.sort_by_key(|e| std::cmp::Reverse(e.last_used));
         out
     }
 
@@ -334,7 +334,7 @@ pub fn prune(generations: &[Generation], policy: &PrunePolicy) -> Result<Vec<(u3
         })
         .collect();
     // Oldest use first.
-    all.sort_by(|a, b| a.1.last_used.cmp(&b.1.last_used));
+    all.sort_by_key(|(_, e)| e.last_used);
     let now = SystemTime::now();
     let mut total: u64 = all.iter().map(|(_, e)| e.disk_bytes).sum();
     let mut removed = Vec::new();
