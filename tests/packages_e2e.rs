@@ -38,13 +38,20 @@ fn derived_dirs(ws: &Workspace) -> Vec<String> {
     match std::fs::read_dir(ws.generation(1).join("derived")) {
         Ok(entries) => entries
             .flatten()
-            .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+            // Published ones: what has its record.
+            .filter(|e| e.path().join("derived.json").is_file())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// The key in "…/derived/failed-KEY-logs" of an error message.
+fn derived_key(stderr: &str) -> String {
+    let start = stderr.find("failed-").expect(stderr) + "failed-".len();
+    stderr[start..].split('-').next().unwrap().to_string()
 }
 
 fn expect_ok(out: &Output) -> String {
@@ -250,6 +257,12 @@ fn a_failed_setup_leaves_no_derived_generation_and_shows_its_log() {
         "{stderr}"
     );
     assert_eq!(derived_dirs(ws), before);
+    let failed_logs = ws
+        .generation(1)
+        .join("derived")
+        .join(format!("failed-{}-logs", derived_key(&stderr)));
+    let setup_log = std::fs::read_to_string(failed_logs.join("setup.log")).unwrap();
+    assert!(setup_log.contains("cannot unpack"), "{setup_log}");
     let leftovers: Vec<_> = std::fs::read_dir(ws.generation(1).join("derived"))
         .unwrap()
         .flatten()

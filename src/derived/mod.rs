@@ -11,6 +11,7 @@
 //!   3f9c….lock        held exclusively while it is built, shared by runs
 //!   3f9c….used        touched by every run that uses it
 //!   .3f9c….tmp/       being built (removed if the build fails or is killed)
+//!   failed-3f9c…-logs/ the last failed build's logs (setup's output, VMs)
 //! ```
 //!
 //! They live inside their parent generation's directory because they are
@@ -146,6 +147,14 @@ impl DerivedStore {
             dest: self.dir.join(key),
             published: false,
         })
+    }
+
+    /// Moves a failed build's logs to `failed-<key>-logs` beside the
+    /// derived generations (replacing an earlier failure's), for the error.
+    pub fn keep_failed_logs(&self, pending: &PendingDerived, key: &str) -> Option<PathBuf> {
+        let dest = self.dir.join(format!("failed-{key}-logs"));
+        let _ = fs::remove_dir_all(&dest);
+        fs::rename(pending.logs(), &dest).ok().map(|_| dest)
     }
 
     /// Published derived generations, most recently used first.

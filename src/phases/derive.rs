@@ -201,12 +201,15 @@ fn build_derived(
                 result
             },
         ))
-        .with_context(|| {
-            format!(
-                "cannot add {} to generation {}; no derived generation was made",
+        .map_err(|e| {
+            let logs = store.keep_failed_logs(&pending, &plan.key);
+            e.context(format!(
+                "cannot add {} to generation {}; no derived generation was made{}",
                 names(plan),
-                parent.number
-            )
+                parent.number,
+                logs.map(|d| format!(" (setup's output and the VMs' logs are in {})", d.display()))
+                    .unwrap_or_default()
+            ))
         })?;
 
     // The overlay becomes the derived generation's disk, naming its
