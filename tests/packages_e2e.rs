@@ -173,7 +173,7 @@ fn four_parallel_runs_with_a_new_set_build_it_once() {
     }
     let builders = outputs
         .iter()
-        .filter(|o| text(&o.stderr).contains("adding cygvm-example-extra 1.0-1"))
+        .filter(|o| text(&o.stderr).contains("cygvm: adding cygvm-example-extra 1.0-1"))
         .count();
     assert_eq!(builders, 1, "the set was built {builders} times");
     let list = derived_list(ws);
