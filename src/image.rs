@@ -132,6 +132,15 @@ impl FileLock {
         }
     }
 
+    /// The exclusive lock on `path` if nobody holds it, without waiting.
+    pub fn try_exclusive(path: &Path) -> Result<Option<Self>, ImageError> {
+        match Self::acquire(path, libc::LOCK_EX) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(ImageError::Busy { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn acquire(path: &Path, op: libc::c_int) -> Result<Self, ImageError> {
         let file = fs::OpenOptions::new()
             .create(true)
@@ -393,7 +402,8 @@ impl Drop for PendingGeneration {
     }
 }
 
-fn sync_tree(dir: &Path) -> Result<(), ImageError> {
+/// fsyncs every file under `dir`, then the directories.
+pub fn sync_tree(dir: &Path) -> Result<(), ImageError> {
     for entry in fs::read_dir(dir).map_err(io("read", dir))?.flatten() {
         let path = entry.path();
         if path.is_dir() {

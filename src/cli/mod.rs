@@ -78,9 +78,46 @@ pub enum Command {
         after_help = "Examples:\n  cygvm cache list\n  cygvm cache verify\n  cygvm cache remove --all\n\nThe caches live in $XDG_CACHE_HOME/cygvm (~/.cache/cygvm). Everything in\nthem is made again by the next run that needs it."
     )]
     Cache(CacheCommand),
+    /// Build a Cygwin package from its .cygport, with its build
+    /// dependencies added to the image.
+    #[command(
+        after_help = "Examples:\n  cygvm cygport --image images/cygwin-build foo/foo-1.2-1.cygport --output out\n  cygvm cygport --image images/cygwin-build foo/foo.cygport --output out prep compile\n  cygvm cygport --image images/cygwin-build foo/foo.cygport --output out --packages gcc-g++\n\nThe .cygport's directory (patches, source archives) is the guest's inputs.\nBUILD_REQUIRES and DEPEND are read from the file without running it; when\nit computes them, name the packages with --packages. cygport's dist/ and\nlog/ are copied to --output; cygvm exits with cygport's exit status."
+    )]
+    Cygport(CygportArgs),
+    /// List or prune an image's derived generations (its generations with
+    /// extra packages, made by `run --packages` and `cygport`).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cygvm derived list --image images/cygwin-build\n  cygvm derived prune --image images/cygwin-build --unused-for 14\n  cygvm derived prune --image images/cygwin-build --max-size 20G\n\nA derived generation lives in its generation's directory and goes when\nthe generation is pruned. One a run is using is never removed."
+    )]
+    Derived(DerivedCommand),
     /// The controller VM's agent (runs inside the controller, not on the host).
     #[command(hide = true)]
     Agent(AgentArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DerivedCommand {
+    /// Each derived generation: its parent, packages, size and last use.
+    List {
+        /// The image directory (images/<name>).
+        #[arg(long, value_name = "DIR")]
+        image: PathBuf,
+    },
+    /// Remove derived generations not used for a while, or the least
+    /// recently used ones beyond a total size.
+    Prune {
+        /// The image directory (images/<name>).
+        #[arg(long, value_name = "DIR")]
+        image: PathBuf,
+        /// Remove those no run has used for this many days.
+        #[arg(long, value_name = "DAYS")]
+        unused_for: Option<u64>,
+        /// Then remove the least recently used until the rest take at most
+        /// this much disk (e.g. 20G, 512M).
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<crate::config::ByteSize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,9 +292,37 @@ pub struct RunArgs {
     pub keep_failed: bool,
     #[command(flatten)]
     pub events: EventsArg,
+    /// Cygwin packages the command needs beyond the image's (comma
+    /// separated; repeatable). Added to those of cygvm-build.toml in the
+    /// input directory.
+    #[arg(long, value_name = "PKG,...")]
+    pub packages: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CygportArgs {
+    /// The image directory (images/<name>).
+    #[arg(long, value_name = "DIR")]
+    pub image: PathBuf,
+    /// Where dist/ and log/ go (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Packages to add beyond the .cygport's build dependencies (comma
+    /// separated; repeatable).
+    #[arg(long, value_name = "PKG,...")]
+    pub packages: Vec<String>,
+    /// Keep the run directory (logs, serial consoles) when the run fails.
+    #[arg(long)]
+    pub keep_failed: bool,
+    /// The .cygport file.
+    #[arg(value_name = "FILE.cygport")]
+    pub cygport: PathBuf,
+    /// cygport's steps (default: all).
+    #[arg(value_name = "STEP")]
+    pub steps: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -434,6 +499,78 @@ fn local_image(args: &RunArgs) -> Result<PathBuf> {
     }
 }
 
+fn derived_cmd(cmd: DerivedCommand) -> Result<String> {
+    use crate::derived::{DerivedStore, PrunePolicy, prune};
+    let human = crate::registry::progress::human_bytes;
+    let age = |t: std::time::SystemTime| {
+        let secs = t.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+        match secs {
+            0..3600 => format!("{} min ago", secs / 60),
+            3600..86400 => format!("{} h ago", secs / 3600),
+            _ => format!("{} days ago", secs / 86400),
+        }
+    };
+    match cmd {
+        DerivedCommand::List { image } => {
+            let image = crate::image::ImageDir::new(image);
+            let mut out = String::new();
+            for g in image.generations()? {
+                for e in DerivedStore::of(&g).list() {
+                    let packages: Vec<String> = e
+                        .meta
+                        .packages
+                        .iter()
+                        .map(|p| format!("{} {}", p.name, p.version))
+                        .collect();
+                    out.push_str(&format!(
+                        "gen-{:04}/{}  {:>10}  used {}  made {} in {:.0} s\n  adds: {}\n  asked for: {}\n",
+                        g.number,
+                        e.meta.key,
+                        human(e.disk_bytes),
+                        age(e.last_used),
+                        e.meta.created,
+                        e.meta.build_seconds,
+                        packages.join(", "),
+                        e.meta.requested.join(" "),
+                    ));
+                }
+            }
+            if out.is_empty() {
+                out = format!("{}: no derived generations\n", image.root.display());
+            }
+            Ok(out)
+        }
+        DerivedCommand::Prune {
+            image,
+            unused_for,
+            max_size,
+        } => {
+            if unused_for.is_none() && max_size.is_none() {
+                anyhow::bail!("say what to prune: --unused-for DAYS, --max-size SIZE, or both");
+            }
+            let image = crate::image::ImageDir::new(image);
+            let removed = prune(
+                &image.generations()?,
+                &PrunePolicy {
+                    older_than: unused_for.map(|d| std::time::Duration::from_secs(d * 86400)),
+                    max_bytes: max_size.map(|s| s.bytes()),
+                },
+            )?;
+            let mut out = String::new();
+            for (number, key, bytes) in &removed {
+                out.push_str(&format!(
+                    "removed gen-{number:04}/{key} ({})\n",
+                    human(*bytes)
+                ));
+            }
+            if removed.is_empty() {
+                out.push_str("nothing to remove\n");
+            }
+            Ok(out)
+        }
+    }
+}
+
 /// Logs go to stderr; RUST_LOG selects the level (default: `default`).
 pub fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
@@ -451,7 +588,7 @@ pub fn run() -> Result<ExitCode> {
     // A run's stderr belongs to the guest command, and events on stderr
     // replace the progress lines: only warnings from cygvm.
     init_logging(match &cli.command {
-        Command::Run(_) => "warn",
+        Command::Run(_) | Command::Cygport(_) => "warn",
         Command::Install(InstallArgs { events, .. })
         | Command::Refresh(RefreshArgs { events, .. })
             if events.on_stderr() =>
@@ -505,14 +642,42 @@ pub fn run() -> Result<ExitCode> {
         }
         Command::Run(args) => {
             args.events.enable("run")?;
-            crate::phases::run::run(&crate::phases::run::RunOptions {
+            let mut request = crate::derived::request::PackageRequest::default();
+            if !args.packages.is_empty() {
+                request.add("--packages", &args.packages);
+            }
+            if let Some(input) = &args.input
+                && let Some((file, names)) = crate::derived::request::read_project_file(input)?
+            {
+                request.add(&file.display().to_string(), &names);
+            }
+            let opts = crate::phases::run::RunOptions {
                 image: local_image(&args)?,
                 input: args.input,
                 output: args.output,
                 keep_failed: args.keep_failed,
                 cold: args.cold,
                 command: args.command,
+            };
+            if request.is_empty() {
+                crate::phases::run::run(&opts)
+            } else {
+                crate::phases::derive::run(&opts, &request)
+            }
+        }
+        Command::Cygport(args) => {
+            crate::phases::cygport::run(&crate::phases::cygport::CygportOptions {
+                image: args.image,
+                cygport: args.cygport,
+                output: args.output,
+                packages: args.packages,
+                steps: args.steps,
+                keep_failed: args.keep_failed,
             })
+        }
+        Command::Derived(cmd) => {
+            print!("{}", derived_cmd(cmd)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Refresh(args) => {
             args.events.enable("refresh")?;

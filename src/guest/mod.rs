@@ -150,6 +150,43 @@ impl GuestOs {
         }
     }
 
+    /// Installs `packages` with Cygwin's setup in local mode from the
+    /// verified mirror the host puts at /inputs/mirror, the installer
+    /// beside it: what a derived generation adds to its parent. Setup runs
+    /// with the flags the install recorded (see `update_command`), without
+    /// `-g`: installed packages stay as they are.
+    ///
+    /// The stand-in's setup is a shell script; its Cygwin root sees C: at
+    /// /cygdrive/c, and the mirror is given to it as drive I:.
+    pub fn install_packages_command(
+        self,
+        installer: &str,
+        root: &str,
+        packages: &[String],
+    ) -> String {
+        let record = crate::media::unattend::SETUP_FLAGS_RECORD;
+        let default = quote(crate::media::unattend::SETUP_FLAGS);
+        match self {
+            GuestOs::Windows => format!(
+                "exec bash -l -c {}",
+                quote(&format!(
+                    "if [ -s {record} ]; then flags=$(tr -d '\\r' < {record}); else flags={default}; fi; \
+                     cd /inputs && ./{} $flags -l \"$(cygpath -w /inputs/mirror)\" -R {} -P {}",
+                    quote(installer),
+                    quote(root),
+                    quote(&packages.join(",")),
+                ))
+            ),
+            GuestOs::Standin => format!(
+                "if [ -s {record} ]; then flags=$(tr -d '\\r' < {record}); else flags={default}; fi; \
+                 CYGVM_DRIVES='C=/cygdrive/c I=/inputs' sh /inputs/{} $flags -l 'I:\\mirror' -R {} -P {}",
+                quote(installer),
+                quote(root),
+                quote(&packages.join(",")),
+            ),
+        }
+    }
+
     /// Writes the guest's cached file data to its disk, so the disk alone
     /// (a `--cold` boot) holds what the memory snapshot holds. Cygwin's
     /// sync flushes every Windows volume.

@@ -29,6 +29,8 @@ pub const VOLUME_LABEL: &str = "CYGVM";
 pub const FLOPPY_NAME: &str = "floppy.img";
 pub const ISO_NAME: &str = "cygwin.iso";
 pub const MANIFEST_NAME: &str = "media.json";
+/// The directory (beside the media) holding the index the mirror was cut from.
+pub const KEPT_INDEX: &str = "cygwin-index";
 const MANIFEST_FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +74,15 @@ const INDEX_NAMES: [&str; 3] = ["setup.zst", "setup.xz", "setup.ini"];
 
 /// Reads the mirror's package index for `arch` (x86_64, or x86 for XP/2003).
 pub fn load_index(source: &MirrorSource, arch: &str, cache: &Path) -> Result<(SetupIni, String)> {
+    load_index_file(source, arch, cache).map(|(index, name, _)| (index, name))
+}
+
+/// Like [`load_index`], also returning the local file the index was read from.
+pub fn load_index_file(
+    source: &MirrorSource,
+    arch: &str,
+    cache: &Path,
+) -> Result<(SetupIni, String, PathBuf)> {
     match source {
         MirrorSource::Dir(dir) => {
             for name in INDEX_NAMES {
@@ -80,7 +91,7 @@ pub fn load_index(source: &MirrorSource, arch: &str, cache: &Path) -> Result<(Se
                     let index = SetupIni::read(&path).with_context(|| {
                         format!("cannot use the package index {}", path.display())
                     })?;
-                    return Ok((index, path.display().to_string()));
+                    return Ok((index, path.display().to_string(), path));
                 }
             }
             bail!(
@@ -98,7 +109,7 @@ pub fn load_index(source: &MirrorSource, arch: &str, cache: &Path) -> Result<(Se
                 .with_context(|| format!("cannot download the package index {url}"))?;
             let index = SetupIni::read(&dest)
                 .with_context(|| format!("cannot use the package index from {url}"))?;
-            Ok((index, url))
+            Ok((index, url, dest))
         }
     }
 }
@@ -142,9 +153,36 @@ pub struct PreparedMirror {
     pub arch: String,
     pub index: SetupIni,
     pub index_name: String,
+    /// The local file the index was read from.
+    pub index_file: PathBuf,
     pub closure: Closure,
     pub local: mirror::LocalMirror,
     pub requested: Vec<String>,
+}
+
+/// The content-addressed cache of verified archives the config's images
+/// share: `cygwin.cache`, else `<image dir>/.cache/cygwin`.
+pub fn archive_cache(config: &Config) -> PathBuf {
+    config
+        .cygwin
+        .cache
+        .as_ref()
+        .map(|c| config.resolve_path(c))
+        .unwrap_or_else(|| {
+            config
+                .resolve_path(&config.image.dir)
+                .join(".cache")
+                .join("cygwin")
+        })
+}
+
+/// The index's architecture: x86 for XP/2003, else x86_64.
+pub fn index_arch(config: &Config) -> &'static str {
+    if config.guest.os == GuestOsKind::Windows && config.guest.version.uses_winnt_sif() {
+        "x86"
+    } else {
+        "x86_64"
+    }
 }
 
 /// Reads the configured mirror's index, resolves the packages and lays out
@@ -156,23 +194,9 @@ pub fn prepare_mirror(config: &Config, dest: &Path) -> Result<PreparedMirror> {
         );
     };
     let source = MirrorSource::parse(&mirror_spec);
-    let cache = config
-        .cygwin
-        .cache
-        .as_ref()
-        .map(|c| config.resolve_path(c))
-        .unwrap_or_else(|| {
-            config
-                .resolve_path(&config.image.dir)
-                .join(".cache")
-                .join("cygwin")
-        });
-    let arch = if config.guest.os == GuestOsKind::Windows && config.guest.version.uses_winnt_sif() {
-        "x86"
-    } else {
-        "x86_64"
-    };
-    let (index, index_name) = load_index(&source, arch, &cache)?;
+    let cache = archive_cache(config);
+    let arch = index_arch(config);
+    let (index, index_name, index_file) = load_index_file(&source, arch, &cache)?;
     let requested: Vec<String> = config
         .cygwin
         .packages
@@ -190,6 +214,7 @@ pub fn prepare_mirror(config: &Config, dest: &Path) -> Result<PreparedMirror> {
         arch: arch.to_string(),
         index,
         index_name,
+        index_file,
         closure,
         local,
         requested,
@@ -220,10 +245,14 @@ pub fn build(config: &Config, out: &Path, image: Option<&WimImage>) -> Result<Me
         arch,
         index,
         index_name,
+        index_file,
         closure,
         local,
         requested,
     } = prepare_mirror(config, &stage.join("mirror"))?;
+    // The index the mirror was cut from, for the image's generations
+    // (runs that add packages resolve them against it).
+    crate::derived::request::keep_index(&index_file, stage)?;
     let arch = arch.as_str();
 
     let media_id = media_id(config, &secrets, &index, &closure);
@@ -318,6 +347,10 @@ pub fn build(config: &Config, out: &Path, image: Option<&WimImage>) -> Result<Me
     };
 
     // Move into place: the media first, the manifest that vouches for them last.
+    let kept = out.join(KEPT_INDEX);
+    let _ = fs::remove_dir_all(&kept);
+    fs::rename(stage.join(KEPT_INDEX), &kept)
+        .with_context(|| format!("cannot move the package index into {}", out.display()))?;
     for file in &manifest.files {
         fs::rename(stage.join(&file.name), out.join(&file.name))
             .with_context(|| format!("cannot move {} into {}", file.name, out.display()))?;

@@ -112,6 +112,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
     config
         .store_in_generation(config_path, &pending.dir)
         .context("cannot record the config in the new generation")?;
+    crate::derived::request::copy_kept_index(&image.media(), &pending.dir)?;
     let uefi_vars = if config.guest.firmware() == ConfigFirmware::Uefi {
         let vars = pending.dir.join("OVMF_VARS.fd");
         std::fs::copy(OVMF_VARS_4M, &vars).with_context(|| {
@@ -173,11 +174,7 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
     verify.done();
     let publish = events::phase("publish");
     let generation = pending.publish()?;
-    image.prune_with(
-        KEEP_GENERATIONS,
-        &lock,
-        crate::phases::expanded::forget_generation,
-    )?;
+    image.prune_with(KEEP_GENERATIONS, &lock, crate::derived::forget_generation)?;
     publish.done();
     println!(
         "installed {} ({}): generation {} in {}",

@@ -1,6 +1,8 @@
 //! The jobs, reading like the design: install, run (and refresh).
 
 pub mod controller;
+pub mod cygport;
+pub mod derive;
 pub mod expanded;
 pub mod install;
 pub mod instance;

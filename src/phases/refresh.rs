@@ -75,7 +75,7 @@ pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
     let removed = image.prune_with(
         config.image.keep.0,
         &lock,
-        crate::phases::expanded::forget_generation,
+        crate::derived::forget_generation,
     )?;
     publish.done();
     println!(
@@ -113,9 +113,12 @@ fn refresh(
     // the guest reads from its inputs share.
     let inputs = pending.dir.join("inputs");
     std::fs::create_dir_all(&inputs)?;
+    // A custom update keeps the index the current generation has.
+    crate::derived::request::copy_kept_index(config_dir, &pending.dir)?;
     let update = if opts.command.is_empty() {
         tracing::info!("[refresh] building the Cygwin mirror for the update");
         let prepared = media::build::prepare_mirror(config, &inputs.join("mirror"))?;
+        crate::derived::request::keep_index(&prepared.index_file, &pending.dir)?;
         let installer = media::unattend::installer_name(config.guest.version);
         if let Some(exe) =
             media::build::setup_exe(config, &prepared.source, &prepared.arch, installer, &inputs)?
