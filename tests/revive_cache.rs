@@ -321,6 +321,15 @@ fn a_full_disk_while_expanding_falls_back_to_state_gz() {
     );
 }
 
+fn clear_cache(ws: &Workspace) {
+    let out = ws
+        .cygvm()
+        .args(["cache", "remove", "--all"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 fn spawn_run(ws: &Workspace, word: &str) -> std::process::Child {
     run_cmd(ws, word)
         .stdout(Stdio::piped())
@@ -334,12 +343,7 @@ fn spawn_run(ws: &Workspace, word: &str) -> std::process::Child {
 fn four_runs_at_once_make_the_caches_once() {
     let _vm = vm_lock();
     let ws = shared();
-    let out = ws
-        .cygvm()
-        .args(["cache", "remove", "--all"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    clear_cache(ws);
     let runs: Vec<_> = (0..4).map(|i| spawn_run(ws, &format!("run{i}"))).collect();
     let mut made_controller = 0;
     let mut expanded = 0;
@@ -395,12 +399,7 @@ fn kill_9_when(ws: &Workspace, word: &str, ready: impl Fn() -> bool) {
 fn kill_9_while_making_a_cache_or_reviving_leaves_nothing_used() {
     let _vm = vm_lock();
     let ws = shared();
-    let out = ws
-        .cygvm()
-        .args(["cache", "remove", "--all"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    clear_cache(ws);
     // Killed while the controller's snapshot is being made.
     kill_9_when(ws, "killed", || {
         leftovers(ws, "controller")

@@ -22,18 +22,16 @@ use crate::agent::protocol::{AgentConfig, RunSettings, ShareMount};
 use crate::config::Config;
 use crate::controller;
 use crate::guest::devices::{controller_cmdline_extra, device_set};
-use crate::phases::instance::{CONTROLLER_MAC, HostArtifacts, ShareDirs};
+use crate::phases::instance::{CONTROLLER_MAC, HostArtifacts, ShareDirs, start_vm};
 use crate::phases::migration::{load_devices, save_devices};
 use crate::secrets::ImageSecrets;
 use crate::snapshot::mapped::{self, Builder, Mapped, MappedError};
-use crate::vm::qemu::{DirectBoot, MemoryFile, MemoryFileMode, Nic, SerialPort, Share, VmSpec};
+use crate::vm::qemu::{DirectBoot, MemoryFileMode, Nic, SerialPort, Share, VmSpec};
 use crate::vm::rundir::log_tail;
 use crate::vm::supervisor::{Supervisor, Vm};
 use crate::vm::vde::VdeSwitch;
 
 const CONTROLLER_MEMORY_MIB: u64 = 512;
-/// How long QEMU may take to start listening on QMP.
-const QMP_DEADLINE: Duration = Duration::from_secs(30);
 /// A booting controller is ready in 3-13 s under TCG; leave room for a
 /// loaded host.
 const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
@@ -182,15 +180,9 @@ pub async fn spawn_controller_with(
     let mut spec = controller_spec(config, art, &run_dir, "controller", &switch.dir, shares);
     if let Some(snap) = &snapshot {
         spec.incoming_defer = true;
-        spec.memory_file = Some(MemoryFile {
-            path: snap.ram(),
-            mode: MemoryFileMode::Private,
-        });
+        spec.set_memory_file(&snap.ram(), MemoryFileMode::Private);
     }
-    let vm = sup
-        .spawn_qemu(&art.qemu, &spec, Instant::now() + QMP_DEADLINE)
-        .await
-        .context("cannot start the controller VM")?;
+    let vm = start_vm(sup, art, &spec, "the controller VM").await?;
     if let Some(snap) = &snapshot {
         load_devices(&vm, &snap.devices())
             .await
@@ -307,14 +299,8 @@ async fn cached_snapshot(
             outputs: empty,
         },
     );
-    spec.memory_file = Some(MemoryFile {
-        path: builder.ram(),
-        mode: MemoryFileMode::Shared,
-    });
-    let vm = sup
-        .spawn_qemu(&art.qemu, &spec, Instant::now() + QMP_DEADLINE)
-        .await
-        .context("cannot start the controller VM")?;
+    spec.set_memory_file(&builder.ram(), MemoryFileMode::Shared);
+    let vm = start_vm(sup, art, &spec, "the controller VM").await?;
     let serial = run_dir.join(format!("{name}.serial.log"));
     let agent = AgentClient::connect(
         &run_dir.join(format!("{name}.agent.sock")),

@@ -19,13 +19,11 @@ use crate::derived::{self, DerivedStore};
 use crate::guest::{GuestOs, UPDATE_NEEDS_REBOOT};
 use crate::image::{FileLock, Generation, ImageDir};
 use crate::media;
-use crate::phases::install::disk_entry;
 use crate::phases::instance::{HostArtifacts, copy_logs};
 use crate::phases::migration::save_state;
 use crate::phases::run::{Instance, RunOptions, run_command, verify_revives};
 use crate::phases::{Identity, runtime, supervise};
 use crate::secrets::ImageSecrets;
-use crate::snapshot::manifest::rfc3339_utc;
 use crate::snapshot::{Manifest, StateSummary};
 use crate::vm::supervisor::Supervisor;
 
@@ -225,19 +223,13 @@ fn build_derived(
     cygwin_packages.extend(package_names);
     cygwin_packages.sort();
     cygwin_packages.dedup();
-    let manifest = Manifest {
-        format_version: crate::snapshot::manifest::FORMAT_VERSION,
-        cygvm_version: env!("CARGO_PKG_VERSION").to_string(),
-        qemu_version: identity.qemu_version,
-        machine: identity.machine,
-        device_argv: identity.device_argv,
-        memory_bytes: old.memory_bytes,
-        disk: disk_entry(&pending.disk(), old.disk.virtual_size)?,
-        state: Some(summary),
-        config_fingerprint: old.config_fingerprint,
+    let manifest = crate::phases::successor_manifest(
+        old,
+        identity,
+        &pending.disk(),
+        summary,
         cygwin_packages,
-        created: rfc3339_utc(std::time::SystemTime::now()),
-    };
+    )?;
     manifest.save(&pending.manifest())?;
     verify_revives(image, &pending, &art, keep_failed)?;
     derived::write_meta(

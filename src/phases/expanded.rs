@@ -7,21 +7,18 @@
 //! instead of streaming `state.gz`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::time::Instant;
 
-use crate::phases::instance::HostArtifacts;
+use crate::phases::instance::{HostArtifacts, start_vm};
 use crate::phases::migration::{load_state, save_devices};
 use crate::snapshot::StateSummary;
 use crate::snapshot::manifest::RuntimeIdentity;
 use crate::snapshot::mapped::{self, Builder, Mapped, MappedError};
 use crate::vm::host_tools::free_bytes;
-use crate::vm::qemu::{MemoryFile, MemoryFileMode, VmSpec};
+use crate::vm::qemu::{MemoryFileMode, VmSpec};
 use crate::vm::supervisor::Supervisor;
 
-const QMP_DEADLINE: Duration = Duration::from_secs(30);
 /// Room left on the cache's filesystem beyond the guest's touched memory.
 const SPACE_MARGIN: u64 = 64 << 20;
 
@@ -128,14 +125,8 @@ pub async fn expand(
     spec.qmp_socket = run_dir.join("guest-expand.qmp");
     spec.serial_log = Some(run_dir.join("guest-expand.serial.log"));
     spec.incoming_defer = true;
-    spec.memory_file = Some(MemoryFile {
-        path: builder.ram(),
-        mode: MemoryFileMode::Shared,
-    });
-    let vm = sup
-        .spawn_qemu(&art.qemu, &spec, Instant::now() + QMP_DEADLINE)
-        .await
-        .context("cannot start QEMU to expand the snapshot")?;
+    spec.set_memory_file(&builder.ram(), MemoryFileMode::Shared);
+    let vm = start_vm(sup, art, &spec, "QEMU to expand the snapshot").await?;
     let result = async {
         load_state(&vm, &run_dir, state, summary, false).await?;
         save_devices(&vm, &builder.devices()).await

@@ -391,9 +391,20 @@ pub fn guest_spec(
 
 /// Starts the guest VM.
 pub async fn start_guest(sup: &mut Supervisor, art: &HostArtifacts, spec: &VmSpec) -> Result<Vm> {
+    start_vm(sup, art, spec, "the guest VM").await
+}
+
+/// Starts QEMU for `spec` and connects to its QMP; `what` names the VM in
+/// the error.
+pub async fn start_vm(
+    sup: &mut Supervisor,
+    art: &HostArtifacts,
+    spec: &VmSpec,
+    what: &str,
+) -> Result<Vm> {
     sup.spawn_qemu(&art.qemu, spec, Instant::now() + QMP_DEADLINE)
         .await
-        .context("cannot start the guest VM")
+        .with_context(|| format!("cannot start {what}"))
 }
 
 /// The last lines of the serial logs, for an error message.

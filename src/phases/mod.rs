@@ -98,3 +98,28 @@ impl Identity {
         })
     }
 }
+
+/// The manifest of a generation made from `old`'s (by a refresh or a
+/// derived generation): this host's identity, the new disk and snapshot,
+/// `cygwin_packages` installed; the rest as `old` had it.
+pub fn successor_manifest(
+    old: crate::snapshot::Manifest,
+    identity: Identity,
+    disk: &std::path::Path,
+    state: crate::snapshot::StateSummary,
+    cygwin_packages: Vec<String>,
+) -> Result<crate::snapshot::Manifest> {
+    Ok(crate::snapshot::Manifest {
+        format_version: crate::snapshot::manifest::FORMAT_VERSION,
+        cygvm_version: env!("CARGO_PKG_VERSION").to_string(),
+        qemu_version: identity.qemu_version,
+        machine: identity.machine,
+        device_argv: identity.device_argv,
+        memory_bytes: old.memory_bytes,
+        disk: crate::phases::install::disk_entry(disk, old.disk.virtual_size)?,
+        state: Some(state),
+        config_fingerprint: old.config_fingerprint,
+        cygwin_packages,
+        created: crate::snapshot::manifest::rfc3339_utc(std::time::SystemTime::now()),
+    })
+}

@@ -16,7 +16,6 @@ use crate::events;
 use crate::guest::{GuestOs, UPDATE_NEEDS_REBOOT};
 use crate::image::{Generation, ImageDir, PendingGeneration};
 use crate::media;
-use crate::phases::install::disk_entry;
 use crate::phases::instance::{
     HostArtifacts, copy_logs, mount_shares, run_provision, wait_for_ssh,
 };
@@ -24,7 +23,6 @@ use crate::phases::migration::save_state;
 use crate::phases::run::{Instance, RunOptions, verify_revives};
 use crate::phases::{Identity, runtime, supervise};
 use crate::secrets::ImageSecrets;
-use crate::snapshot::manifest::rfc3339_utc;
 use crate::snapshot::{Manifest, StateSummary};
 use crate::vm::supervisor::Supervisor;
 
@@ -179,19 +177,9 @@ fn refresh(
     std::fs::remove_file(&overlay)?;
     std::fs::remove_dir_all(&inputs)?;
     let old = Manifest::load(&current.manifest())?;
-    let manifest = Manifest {
-        format_version: crate::snapshot::manifest::FORMAT_VERSION,
-        cygvm_version: env!("CARGO_PKG_VERSION").to_string(),
-        qemu_version: identity.qemu_version,
-        machine: identity.machine,
-        device_argv: identity.device_argv,
-        memory_bytes: old.memory_bytes,
-        disk: disk_entry(&pending.disk(), old.disk.virtual_size)?,
-        state: Some(summary),
-        config_fingerprint: old.config_fingerprint,
-        cygwin_packages: old.cygwin_packages,
-        created: rfc3339_utc(std::time::SystemTime::now()),
-    };
+    let packages = old.cygwin_packages.clone();
+    let manifest =
+        crate::phases::successor_manifest(old, identity, &pending.disk(), summary, packages)?;
     manifest.save(&pending.manifest())?;
     save.done();
 

@@ -24,7 +24,7 @@ use crate::phases::{runtime, supervise};
 use crate::secrets::ImageSecrets;
 use crate::snapshot::mapped::Mapped;
 use crate::snapshot::{Manifest, StateSummary};
-use crate::vm::qemu::{MemoryFile, MemoryFileMode, VmSpec};
+use crate::vm::qemu::{MemoryFileMode, VmSpec};
 use crate::vm::supervisor::Supervisor;
 use crate::vm::vde::VdeSwitch;
 
@@ -344,10 +344,7 @@ impl Instance<'_> {
             None => None,
         };
         if let Some(m) = &expanded {
-            spec.memory_file = Some(MemoryFile {
-                path: m.ram(),
-                mode: MemoryFileMode::Private,
-            });
+            spec.set_memory_file(&m.ram(), MemoryFileMode::Private);
         }
         let guest = start_guest(sup, self.art, &spec).await?;
         step("guest QEMU up");

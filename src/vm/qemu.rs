@@ -253,6 +253,14 @@ impl VmSpec {
         }
     }
 
+    /// Keeps the VM's RAM in `path` (see [`MemoryFile`]).
+    pub fn set_memory_file(&mut self, path: &Path, mode: MemoryFileMode) {
+        self.memory_file = Some(MemoryFile {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+
     /// The argv after the program name, with real paths.
     pub fn argv(&self) -> Vec<OsString> {
         self.args(true)
