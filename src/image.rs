@@ -109,12 +109,7 @@ pub struct FileLock {
 impl FileLock {
     /// Waits for the lock on `path` (created if missing): exclusive or shared.
     pub fn wait(path: &Path, exclusive: bool) -> Result<Self, ImageError> {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io("open the lock", path))?;
+        let file = Self::open(path)?;
         let op = if exclusive {
             libc::LOCK_EX
         } else {
@@ -141,13 +136,17 @@ impl FileLock {
         }
     }
 
-    fn acquire(path: &Path, op: libc::c_int) -> Result<Self, ImageError> {
-        let file = fs::OpenOptions::new()
+    fn open(path: &Path) -> Result<File, ImageError> {
+        fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
-            .map_err(io("open the lock", path))?;
+            .map_err(io("open the lock", path))
+    }
+
+    fn acquire(path: &Path, op: libc::c_int) -> Result<Self, ImageError> {
+        let file = Self::open(path)?;
         // SAFETY: flock on a descriptor we own.
         let r = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
         if r != 0 {
