@@ -21,7 +21,7 @@ use crate::image::{FileLock, Generation, ImageDir};
 use crate::media;
 use crate::phases::instance::{HostArtifacts, copy_logs};
 use crate::phases::migration::save_state;
-use crate::phases::run::{Instance, RunOptions, run_command, verify_revives};
+use crate::phases::run::{Instance, RunOptions, run_command_with, verify_revives};
 use crate::phases::{Identity, runtime, supervise};
 use crate::secrets::ImageSecrets;
 use crate::snapshot::{Manifest, StateSummary};
@@ -60,9 +60,10 @@ pub fn run(opts: &RunOptions, request: &PackageRequest) -> Result<ExitCode> {
         std::fs::create_dir_all(output)
             .with_context(|| format!("cannot create --output {}", output.display()))?;
     }
-    let (derived, _use) = obtain(&image, &parent, &plan, opts.keep_failed)?;
+    let art = HostArtifacts::prepare(GuestOs::from_config(&config))?;
+    let (derived, _use) = obtain(&image, &parent, &plan, &art, opts.keep_failed)?;
     DerivedStore::of(&parent).touch(&plan.key);
-    let status = run_command(&image, &derived, opts, &opts.command)?;
+    let status = run_command_with(&image, &derived, opts, &opts.command, &art)?;
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
@@ -73,6 +74,7 @@ pub fn obtain(
     image: &ImageDir,
     parent: &Generation,
     plan: &Plan,
+    art: &HostArtifacts,
     keep_failed: bool,
 ) -> Result<(Generation, FileLock)> {
     let store = DerivedStore::of(parent);
@@ -95,7 +97,7 @@ pub fn obtain(
             }
         };
         if store.lookup(&plan.key).is_none() {
-            build_derived(image, parent, plan, &store, &build, keep_failed)?;
+            build_derived(image, parent, plan, &store, &build, art, keep_failed)?;
         }
     }
 }
@@ -116,6 +118,7 @@ fn build_derived(
     plan: &Plan,
     store: &DerivedStore,
     lock: &FileLock,
+    art: &HostArtifacts,
     keep_failed: bool,
 ) -> Result<Generation> {
     let started = Instant::now();
@@ -161,7 +164,6 @@ fn build_derived(
     );
 
     let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;
-    let art = HostArtifacts::prepare(os)?;
     let run_opts = RunOptions {
         image: image.root.clone(),
         input: Some(inputs.clone()),
@@ -173,7 +175,7 @@ fn build_derived(
     let instance = Instance {
         config: &config,
         os,
-        art: &art,
+        art,
         secrets: &secrets,
         generation: parent,
         opts: &run_opts,
@@ -213,7 +215,7 @@ fn build_derived(
     // The overlay becomes the derived generation's disk, naming its
     // backing file relative to itself.
     let overlay = pending.dir.join("overlay.qcow2");
-    rebase_relative(&art, &overlay, Path::new("../../disk.qcow2"))?;
+    rebase_relative(art, &overlay, Path::new("../../disk.qcow2"))?;
     std::fs::rename(&overlay, pending.disk())
         .with_context(|| format!("cannot rename {}", overlay.display()))?;
     std::fs::remove_dir_all(&inputs)
@@ -231,7 +233,7 @@ fn build_derived(
         cygwin_packages,
     )?;
     manifest.save(&pending.manifest())?;
-    verify_revives(image, &pending, &art, keep_failed)?;
+    verify_revives(image, &pending, art, keep_failed)?;
     derived::write_meta(
         &pending.dir,
         &derived::new_meta(
