@@ -38,6 +38,9 @@ const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
 /// A revived one answers at once.
 const REVIVED_DEADLINE: Duration = Duration::from_secs(30);
 const TAIL: usize = 15;
+/// Controller snapshots unused this long go when a new one is made (an
+/// upgraded cygvm, kernel or QEMU makes a new one).
+const UNUSED_SNAPSHOT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The controller's QEMU spec; `name` sets its socket and log names.
 fn controller_spec(
@@ -270,7 +273,10 @@ async fn cached_snapshot(
     ]);
     let dir = cache_dir().join(&key[..16]);
     match Mapped::open(&dir, &key, &qemu_version) {
-        Ok(m) => return Ok(m),
+        Ok(m) => {
+            mapped::touch(&dir);
+            return Ok(m);
+        }
         Err(MappedError::Missing { .. }) => {}
         Err(e) => tracing::warn!("{e}; making it again"),
     }
@@ -322,6 +328,9 @@ async fn cached_snapshot(
         "controller snapshot made in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    for old in mapped::prune_unused(&cache_dir(), &made.dir, UNUSED_SNAPSHOT_AGE) {
+        tracing::info!("removed the unused controller snapshot {}", old.display());
+    }
     Ok(made)
 }
 

@@ -261,6 +261,50 @@ pub fn list(dir: &Path) -> Vec<(PathBuf, MappedMeta)> {
     out
 }
 
+fn lock_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!("{name}.lock"))
+}
+
+/// Records that `dir` was used now (its lock file's mtime), for
+/// [`prune_unused`].
+pub fn touch(dir: &Path) {
+    let _ = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path(dir))
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+}
+
+/// Removes the snapshots under `parent`, other than `keep`, that were last
+/// used (made or [`touch`]ed) longer than `unused_for` ago and that nobody
+/// is making now: what a cygvm or QEMU upgrade leaves behind.
+pub fn prune_unused(parent: &Path, keep: &Path, unused_for: std::time::Duration) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for (dir, _) in list(parent) {
+        if dir == keep {
+            continue;
+        }
+        let lock = lock_path(&dir);
+        let old = fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > unused_for);
+        if !old {
+            continue;
+        }
+        if let Ok(Some(_held)) = FileLock::try_exclusive(&lock)
+            && remove(&dir).is_ok()
+        {
+            let _ = fs::remove_file(&lock);
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
 /// The lock that serializes building `dir`.
 pub fn lock(dir: &Path) -> Result<FileLock, MappedError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
@@ -444,6 +488,32 @@ mod tests {
         f.set_len(4096).unwrap();
         let e = Mapped::open(&dir, "k", "10.0.2").unwrap_err().to_string();
         assert!(e.contains("ram is 4096 bytes"), "{e}");
+    }
+
+    #[test]
+    fn unused_snapshots_are_pruned_and_used_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (old, used, new) = (
+            tmp.path().join("old"),
+            tmp.path().join("used"),
+            tmp.path().join("new"),
+        );
+        for d in [&old, &used, &new] {
+            made(d);
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+        for d in [&old, &used] {
+            File::options()
+                .write(true)
+                .open(lock_path(d))
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        touch(&used);
+        let removed = prune_unused(tmp.path(), &new, std::time::Duration::from_secs(7 * 86400));
+        assert_eq!(removed, vec![old.clone()]);
+        assert!(!old.exists() && used.exists() && new.exists());
     }
 
     #[test]
