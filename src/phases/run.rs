@@ -235,8 +235,12 @@ impl Instance<'_> {
         let key = ExpandedKey::new(&summary, &identity, spec.memory_mib);
         let expanded = key.lookup();
         // The expanded form was checked against this state.gz when it was
-        // made; state.gz itself is read only without one.
-        if expanded.is_none() {
+        // made; state.gz itself is read in full only without one. Its size
+        // is checked always: a cut file is seen at once.
+        let state_size = std::fs::metadata(self.generation.state())
+            .map(|m| m.len())
+            .ok();
+        if expanded.is_none() || state_size != Some(summary.size) {
             crate::snapshot::verify(&self.generation.state(), &summary)
                 .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
         }
