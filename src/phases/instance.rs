@@ -473,11 +473,28 @@ pub async fn mount_shares(
         &config.guest.admin_user.0,
         &secrets.samba_password,
     );
-    agent
-        .exec_checked(&cmd.command, cmd.stdin.as_deref().map(str::as_bytes))
-        .await
-        .context("cannot map the shares in the guest")?;
-    Ok(())
+    within_share_deadline(
+        agent.exec_checked(&cmd.command, cmd.stdin.as_deref().map(str::as_bytes)),
+        "map the shares in the guest",
+    )
+    .await
+}
+
+/// Mapping the shares takes seconds; a guest that does not finish within
+/// this has hung (a stuck mount), and the run fails instead of waiting.
+const SHARE_DEADLINE: Duration = Duration::from_secs(120);
+
+async fn within_share_deadline(
+    exec: impl std::future::Future<Output = Result<Vec<u8>, crate::agent::client::AgentError>>,
+    what: &str,
+) -> Result<()> {
+    match tokio::time::timeout(SHARE_DEADLINE, exec).await {
+        Ok(result) => result.map(drop).with_context(|| format!("cannot {what}")),
+        Err(_) => bail!(
+            "cannot {what}: no answer within {} s (the guest's serial log may say why)",
+            SHARE_DEADLINE.as_secs()
+        ),
+    }
 }
 
 /// For a revived guest, whose clock stopped when it was saved and whose
@@ -499,11 +516,11 @@ pub async fn set_clock_and_mount_shares(
         &secrets.samba_password,
     );
     let command = format!("{} && {}", os.set_clock(now), cmd.command);
-    agent
-        .exec_checked(&command, cmd.stdin.as_deref().map(str::as_bytes))
-        .await
-        .context("cannot set the revived guest's clock and map its shares")?;
-    Ok(())
+    within_share_deadline(
+        agent.exec_checked(&command, cmd.stdin.as_deref().map(str::as_bytes)),
+        "set the revived guest's clock and map its shares",
+    )
+    .await
 }
 
 /// Runs the config's provision commands in the guest's shell, in order;
