@@ -258,8 +258,8 @@ fn bench() -> Result<()> {
     }
     doc.push_str(&format!(
         "\n### Four runs of one image at once (1.4 GiB touched)\n\n\
-         Four `cygvm run -- sh -c 'cat /mnt/fill/* | wc -c; sleep 20'` at once (each \
-         reads all the filled memory); PSS of the four guest QEMU processes summed from \
+         Four `cygvm run -- sh -c 'cat /mnt/fill/* | wc -c; …'` at once (each reads all \
+         the filled memory, then waits); PSS of the four guest QEMU processes summed from \
          `/proc/PID/smaps_rollup` while all four run. PSS splits a page shared by n \
          processes n ways, so shared clean pages of the RAM file count once in the sum.\n\n\
          | figure | MiB |\n|---|---:|\n\
@@ -288,17 +288,24 @@ fn touched_mib(ws: &Workspace) -> Result<u64> {
 /// Starts `n` runs that read the filled memory and then wait; sums the
 /// guests' PSS while all run.
 fn parallel_pss(ws: &Workspace, n: usize) -> Result<(u64, Vec<u64>)> {
-    let marker = ws.dir.join("pss-marker");
+    // Each run reads all the filled memory, says so, and waits until the
+    // host has measured (a file in its input directory).
+    let release = ws.dir.join("pss-release");
+    std::fs::create_dir_all(&release)?;
+    let release_arg = release.to_string_lossy().into_owned();
     let children: Vec<_> = (0..n)
         .map(|i| {
             ws.run_cmd(
-                &[],
+                &["--input", &release_arg],
                 &[
                     "sh",
                     "-c",
                     // Through a pipe into wc: cat to /dev/null may splice
                     // without reading a byte.
-                    &format!("cat /mnt/fill/* | wc -c >/dev/null; echo read{i}; sleep 20"),
+                    &format!(
+                        "cat /mnt/fill/* | wc -c >/dev/null; echo read{i}; \
+                         while [ ! -e /inputs/measured ]; do sleep 1; done"
+                    ),
                 ],
             )
             .stdout(Stdio::piped())
@@ -306,7 +313,6 @@ fn parallel_pss(ws: &Workspace, n: usize) -> Result<(u64, Vec<u64>)> {
             .spawn()
         })
         .collect::<std::io::Result<_>>()?;
-    let _ = marker;
     // Wait until every run printed (read all its memory).
     let mut children = children;
     for c in &mut children {
@@ -324,6 +330,7 @@ fn parallel_pss(ws: &Workspace, n: usize) -> Result<(u64, Vec<u64>)> {
             .unwrap_or(0);
         each.push(kib >> 10);
     }
+    std::fs::write(release.join("measured"), b"")?;
     for c in children {
         c.wait_with_output()?;
     }
