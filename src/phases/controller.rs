@@ -22,6 +22,7 @@ use crate::agent::protocol::{AgentConfig, RunSettings, ShareMount};
 use crate::config::Config;
 use crate::controller;
 use crate::guest::devices::{controller_cmdline_extra, device_set};
+use crate::phases::expanded::lock_then_open;
 use crate::phases::instance::{CONTROLLER_MAC, HostArtifacts, ShareDirs, start_vm};
 use crate::phases::migration::{load_devices, save_devices};
 use crate::secrets::ImageSecrets;
@@ -97,6 +98,27 @@ fn controller_spec(
         },
     ];
     spec
+}
+
+/// The controller's serial log and the socket of its agent's port, as
+/// its spec names them.
+fn agent_paths(spec: &VmSpec) -> (PathBuf, PathBuf) {
+    (
+        spec.serial_log.clone().unwrap_or_default(),
+        spec.serial_ports
+            .first()
+            .map(|p| p.socket.clone())
+            .unwrap_or_default(),
+    )
+}
+
+/// A controller whose agent did not answer, with its console's last lines.
+fn not_ready(e: &dyn std::fmt::Display, serial_log: &Path) -> anyhow::Error {
+    anyhow!(
+        "the controller VM did not get ready: {e}\n--- controller serial log ({}) ---\n{}",
+        serial_log.display(),
+        log_tail(serial_log, TAIL)
+    )
 }
 
 /// The run's settings for the controller.
@@ -191,10 +213,11 @@ pub async fn spawn_controller_with(
             .await
             .context("cannot revive the controller VM")?;
     }
+    let (serial_log, agent_socket) = agent_paths(&spec);
     Ok(ControllerStarting {
         vm,
-        serial_log: run_dir.join("controller.serial.log"),
-        agent_socket: run_dir.join("controller.agent.sock"),
+        serial_log,
+        agent_socket,
         settings,
         revived: snapshot.is_some(),
     })
@@ -209,20 +232,13 @@ impl ControllerStarting {
         } else {
             CONTROLLER_DEADLINE
         };
-        let fail = |e: &dyn std::fmt::Display| {
-            anyhow!(
-                "the controller VM did not get ready: {e}\n--- controller serial log ({}) ---\n{}",
-                self.serial_log.display(),
-                log_tail(&self.serial_log, TAIL)
-            )
-        };
         let mut agent = AgentClient::connect(&self.agent_socket, Instant::now() + deadline)
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| not_ready(&e, &self.serial_log))?;
         agent
             .configure(&self.settings)
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| not_ready(&e, &self.serial_log))?;
         tracing::info!(
             "controller ready ({}, {})",
             agent.agent,
@@ -280,12 +296,8 @@ async fn cached_snapshot(
         Err(MappedError::Missing { .. }) => {}
         Err(e) => tracing::warn!("{e}; making it again"),
     }
-    let lock_dir = dir.clone();
-    let _lock = tokio::task::spawn_blocking(move || mapped::lock(&lock_dir))
-        .await
-        .context("the cache lock wait failed")??;
-    // Another run may have made it while this one waited.
-    if let Ok(m) = Mapped::open(&dir, &key, &qemu_version) {
+    let (_lock, made) = lock_then_open(&dir, &key, &qemu_version).await?;
+    if let Some(m) = made {
         return Ok(m);
     }
     let started = std::time::Instant::now();
@@ -307,19 +319,10 @@ async fn cached_snapshot(
     );
     spec.set_memory_file(&builder.ram(), MemoryFileMode::Shared);
     let vm = start_vm(sup, art, &spec, "the controller VM").await?;
-    let serial = run_dir.join(format!("{name}.serial.log"));
-    let agent = AgentClient::connect(
-        &run_dir.join(format!("{name}.agent.sock")),
-        Instant::now() + CONTROLLER_DEADLINE,
-    )
-    .await
-    .map_err(|e| {
-        anyhow!(
-            "the controller VM did not get ready: {e}\n--- controller serial log ({}) ---\n{}",
-            serial.display(),
-            log_tail(&serial, TAIL)
-        )
-    })?;
+    let (serial, socket) = agent_paths(&spec);
+    let agent = AgentClient::connect(&socket, Instant::now() + CONTROLLER_DEADLINE)
+        .await
+        .map_err(|e| not_ready(&e, &serial))?;
     save_devices(&vm, &builder.devices()).await?;
     drop(agent);
     sup.stop(vm.child).await;

@@ -88,6 +88,21 @@ pub fn forget_generation(generation: &crate::image::Generation) {
     }
 }
 
+/// Waits for the lock that serializes making the snapshot at `dir`, then
+/// opens it: another run may have made it while this one waited. The lock
+/// is held until dropped.
+pub async fn lock_then_open(
+    dir: &Path,
+    key: &str,
+    qemu_version: &str,
+) -> Result<(crate::image::FileLock, Option<Mapped>)> {
+    let lock_dir = dir.to_path_buf();
+    let lock = tokio::task::spawn_blocking(move || mapped::lock(&lock_dir))
+        .await
+        .context("the cache lock wait failed")??;
+    Ok((lock, Mapped::open(dir, key, qemu_version).ok()))
+}
+
 /// Makes the expanded form of `state` (verified by the caller) with a guest
 /// QEMU of `spec`'s devices, under the cache lock; another run that made it
 /// meanwhile is taken as is. Never leaves a partial one under its name.
@@ -100,11 +115,8 @@ pub async fn expand(
     key: &ExpandedKey,
     describes: &str,
 ) -> Result<Mapped> {
-    let lock_dir = key.dir.clone();
-    let _lock = tokio::task::spawn_blocking(move || mapped::lock(&lock_dir))
-        .await
-        .context("the cache lock wait failed")??;
-    if let Ok(m) = Mapped::open(&key.dir, &key.key, &key.qemu_version) {
+    let (_lock, made) = lock_then_open(&key.dir, &key.key, &key.qemu_version).await?;
+    if let Some(m) = made {
         return Ok(m);
     }
     let (fs, free) = free_bytes(&key.dir)?;

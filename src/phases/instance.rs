@@ -468,26 +468,35 @@ pub async fn mount_shares(
     os: GuestOs,
     secrets: &ImageSecrets,
 ) -> Result<()> {
-    let cmd = os.mount_shares(
-        config.network.controller,
-        &config.guest.admin_user.0,
-        &secrets.samba_password,
-    );
-    within_share_deadline(
-        agent.exec_checked(&cmd.command, cmd.stdin.as_deref().map(str::as_bytes)),
-        "map the shares in the guest",
-    )
-    .await
+    map_shares(agent, config, os, secrets, None).await
 }
 
 /// Mapping the shares takes seconds; a guest that does not finish within
 /// this has hung (a stuck mount), and the run fails instead of waiting.
 const SHARE_DEADLINE: Duration = Duration::from_secs(120);
 
-async fn within_share_deadline(
-    exec: impl std::future::Future<Output = Result<Vec<u8>, crate::agent::client::AgentError>>,
-    what: &str,
+/// Maps the shares in one guest command, after `first` (another command)
+/// when given, within [`SHARE_DEADLINE`].
+async fn map_shares(
+    agent: &mut AgentClient,
+    config: &Config,
+    os: GuestOs,
+    secrets: &ImageSecrets,
+    first: Option<String>,
 ) -> Result<()> {
+    let cmd = os.mount_shares(
+        config.network.controller,
+        &config.guest.admin_user.0,
+        &secrets.samba_password,
+    );
+    let (command, what) = match first {
+        Some(first) => (
+            format!("{first} && {}", cmd.command),
+            "set the revived guest's clock and map its shares",
+        ),
+        None => (cmd.command, "map the shares in the guest"),
+    };
+    let exec = agent.exec_checked(&command, cmd.stdin.as_deref().map(str::as_bytes));
     match tokio::time::timeout(SHARE_DEADLINE, exec).await {
         Ok(result) => result.map(drop).with_context(|| format!("cannot {what}")),
         Err(_) => bail!(
@@ -510,17 +519,7 @@ pub async fn set_clock_and_mount_shares(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let cmd = os.mount_shares(
-        config.network.controller,
-        &config.guest.admin_user.0,
-        &secrets.samba_password,
-    );
-    let command = format!("{} && {}", os.set_clock(now), cmd.command);
-    within_share_deadline(
-        agent.exec_checked(&command, cmd.stdin.as_deref().map(str::as_bytes)),
-        "set the revived guest's clock and map its shares",
-    )
-    .await
+    map_shares(agent, config, os, secrets, Some(os.set_clock(now))).await
 }
 
 /// Runs the config's provision commands in the guest's shell, in order;
