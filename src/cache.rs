@@ -78,6 +78,11 @@ pub fn list(root: &Path) -> String {
             e.meta.qemu_version,
             e.meta.describes,
         ));
+        if e.meta.orphaned() {
+            out.push_str(
+                "             its image is gone: the next snapshot made here removes it\n",
+            );
+        }
     }
     let initrd = root.join("initrd");
     let initrd_bytes: u64 = std::fs::read_dir(&initrd)

@@ -279,6 +279,55 @@ fn cache_verify_finds_a_changed_ram_page_and_remove_clears() {
 }
 
 #[test]
+#[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
+fn an_expanded_snapshot_whose_image_is_gone_goes_when_the_next_is_made() {
+    let _vm = vm_lock();
+    let ws = shared();
+    run_ok(ws, "warm");
+    let dir = only(ws, "expanded");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["image"], ws.image().to_string_lossy().as_ref());
+
+    // What a deleted image leaves: its generation's expanded snapshot,
+    // naming an image directory that is no more.
+    let orphan = dir.with_file_name("0123456789abcdef");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(&orphan)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    set_meta(
+        &orphan,
+        "image",
+        &ws.path().join("images/deleted").to_string_lossy(),
+    );
+    let cache = |args: &[&str]| ws.cygvm().arg("cache").args(args).output().unwrap();
+    let listed = text(&cache(&["list"]).stdout);
+    let gone: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.contains("its image is gone"))
+        .collect();
+    assert_eq!(gone.len(), 1, "{listed}");
+
+    // A run that has its own expanded snapshot leaves the orphan be; the
+    // next one made (here: this image's, removed first) takes it away.
+    run_ok(ws, "still-here");
+    assert!(orphan.exists());
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let removed = cache(&["remove", &name]);
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    let out = run_ok(ws, "remade");
+    let err = text(&out.stderr);
+    assert!(err.contains("removed the expanded snapshot"), "{err}");
+    assert!(!orphan.exists());
+    assert_eq!(snapshots(ws, "expanded"), vec![dir]);
+    assert!(!text(&cache(&["list"]).stdout).contains("its image is gone"));
+}
+
+#[test]
 #[ignore = "boots QEMU under TCG and mounts a tmpfs (root); run by .ci/run with --include-ignored"]
 fn a_full_disk_while_expanding_falls_back_to_state_gz() {
     let _vm = vm_lock();

@@ -17,12 +17,13 @@ use cygvm::guest::installer_iso::{self, BOOT_KEY, InstallerParts};
 use cygvm::vm::accel::Accel;
 use cygvm::vm::qemu::{BootDevice, Disk, DiskFormat, Firmware, OVMF_CODE_4M, OVMF_VARS_4M, VmSpec};
 
-/// The installer ISO and the stand-in initrd, made once per test binary.
+/// The installer ISO and the stand-in initrd, made once per test binary
+/// (into the build's own scratch directory, made again each time).
 fn installer() -> &'static PathBuf {
     static ISO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ISO.get_or_init(|| {
         let parts = HostParts::from_host().expect("the stand-in's host parts");
-        let dir = std::env::temp_dir().join(format!("cygvm-standin-fw-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("standin-firmware");
         std::fs::create_dir_all(&dir).unwrap();
         let initrd = controller::standin_initrd(&parts)
             .unwrap()

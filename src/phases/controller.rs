@@ -39,9 +39,6 @@ const CONTROLLER_DEADLINE: Duration = Duration::from_secs(120);
 /// A revived one answers at once.
 const REVIVED_DEADLINE: Duration = Duration::from_secs(30);
 const TAIL: usize = 15;
-/// Controller snapshots unused this long go when a new one is made (an
-/// upgraded cygvm, kernel or QEMU makes a new one).
-const UNUSED_SNAPSHOT_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The controller's QEMU spec; `name` sets its socket and log names.
 fn controller_spec(
@@ -331,7 +328,7 @@ async fn cached_snapshot(
         "controller snapshot made in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    for old in mapped::prune_unused(&cache_dir(), &made.dir, UNUSED_SNAPSHOT_AGE) {
+    for old in mapped::prune(&cache_dir(), &made.dir, mapped::UNUSED_AGE) {
         tracing::info!("removed the unused controller snapshot {}", old.display());
     }
     Ok(made)

@@ -103,18 +103,36 @@ pub async fn lock_then_open(
     Ok((lock, Mapped::open(dir, key, qemu_version).ok()))
 }
 
-/// Makes the expanded form of `state` (verified by the caller) with a guest
-/// QEMU of `spec`'s devices, under the cache lock; another run that made it
-/// meanwhile is taken as is. Never leaves a partial one under its name.
+/// A generation's snapshot to expand.
+#[derive(Debug, Clone)]
+pub struct ExpandSource {
+    /// The state.gz to load (verified by whoever made this).
+    pub state: PathBuf,
+    /// The image it belongs to: once that directory is gone, the expanded
+    /// form serves nothing and is pruned.
+    pub image: PathBuf,
+    pub summary: StateSummary,
+    pub key: ExpandedKey,
+    /// For people: which image and generation.
+    pub describes: String,
+}
+
+/// Makes the expanded form of `source` with a guest QEMU of `spec`'s
+/// devices, under the cache lock; another run that made it meanwhile is
+/// taken as is. Never leaves a partial one under its name.
 pub async fn expand(
     sup: &mut Supervisor,
     art: &HostArtifacts,
     spec: &VmSpec,
-    state: &Path,
-    summary: &StateSummary,
-    key: &ExpandedKey,
-    describes: &str,
+    source: &ExpandSource,
 ) -> Result<Mapped> {
+    let ExpandSource {
+        state,
+        image,
+        summary,
+        key,
+        describes,
+    } = source;
     let (_lock, made) = lock_then_open(&key.dir, &key.key, &key.qemu_version).await?;
     if let Some(m) = made {
         return Ok(m);
@@ -146,16 +164,22 @@ pub async fn expand(
     .await;
     let status = sup.stop(vm.child).await;
     result.with_context(|| format!("expanding the snapshot failed (QEMU: {status})"))?;
-    let made = builder.commit(
-        &key.key,
-        describes,
-        Some(&summary.sha256),
-        &key.qemu_version,
-    )?;
+    let image = std::path::absolute(image).unwrap_or_else(|_| image.clone());
+    let source = mapped::Source {
+        sha256: &summary.sha256,
+        image: &image,
+    };
+    let made = builder.commit(&key.key, describes, Some(source), &key.qemu_version)?;
     tracing::info!(
         "expanded the snapshot into {} in {:.1} s",
         made.dir.display(),
         started.elapsed().as_secs_f64()
     );
+    for old in mapped::prune(&cache_dir(), &made.dir, mapped::UNUSED_AGE) {
+        tracing::info!(
+            "removed the expanded snapshot {} (unused, or its image is gone)",
+            old.display()
+        );
+    }
     Ok(made)
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::guest::GuestOs;
 use crate::image::{Generation, ImageDir};
-use crate::phases::expanded::{ExpandedKey, expand};
+use crate::phases::expanded::{ExpandSource, ExpandedKey, expand};
 use crate::phases::instance::{
     self, GuestBoot, GuestDisk, HostArtifacts, ShareDirs, mount_shares, set_clock_and_mount_shares,
     spawn_controller, start_guest, wait_for_ssh,
@@ -22,8 +22,8 @@ use crate::phases::instance::{
 use crate::phases::migration::{host_identity, load_devices, load_state};
 use crate::phases::{runtime, supervise};
 use crate::secrets::ImageSecrets;
+use crate::snapshot::Manifest;
 use crate::snapshot::mapped::Mapped;
-use crate::snapshot::{Manifest, StateSummary};
 use crate::vm::qemu::{MemoryFileMode, VmSpec};
 use crate::vm::supervisor::Supervisor;
 use crate::vm::vde::VdeSwitch;
@@ -45,11 +45,8 @@ pub struct RunOptions {
 /// A generation's snapshot, checked against this host before anything
 /// starts, with its expanded form when this host has a sound one.
 pub struct Revive {
-    state: PathBuf,
-    summary: StateSummary,
-    key: ExpandedKey,
+    source: ExpandSource,
     expanded: Option<Mapped>,
-    describes: String,
 }
 
 pub fn run(opts: &RunOptions) -> Result<ExitCode> {
@@ -176,17 +173,7 @@ impl Instance<'_> {
         if let Some(m) = &revive.expanded {
             return Some(m.clone());
         }
-        match expand(
-            sup,
-            self.art,
-            spec,
-            &revive.state,
-            &revive.summary,
-            &revive.key,
-            &revive.describes,
-        )
-        .await
-        {
+        match expand(sup, self.art, spec, &revive.source).await {
             Ok(m) => Some(m),
             Err(e) => {
                 tracing::warn!("reviving from state.gz: cannot expand the snapshot: {e:#}");
@@ -245,19 +232,22 @@ impl Instance<'_> {
                 .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
         }
         Ok(Some(Revive {
-            state: self.generation.state(),
-            summary,
-            key,
+            source: ExpandSource {
+                state: self.generation.state(),
+                image: self.opts.image.clone(),
+                summary,
+                key,
+                describes: format!(
+                    "{} generation {}",
+                    self.generation
+                        .dir
+                        .parent()
+                        .unwrap_or(&self.generation.dir)
+                        .display(),
+                    self.generation.number
+                ),
+            },
             expanded,
-            describes: format!(
-                "{} generation {}",
-                self.generation
-                    .dir
-                    .parent()
-                    .unwrap_or(&self.generation.dir)
-                    .display(),
-                self.generation.number
-            ),
         }))
     }
 
@@ -360,7 +350,14 @@ impl Instance<'_> {
                 step("expanded snapshot mapped, guest resumed");
             }
             (Some(revive), None) => {
-                load_state(&guest, &run_dir, &revive.state, &revive.summary, true).await?;
+                load_state(
+                    &guest,
+                    &run_dir,
+                    &revive.source.state,
+                    &revive.source.summary,
+                    true,
+                )
+                .await?;
                 step("state.gz loaded, guest resumed");
             }
             (None, None) => {}

@@ -30,6 +30,9 @@ use crate::image::FileLock;
 pub const RAM: &str = "ram";
 pub const DEVICES: &str = "devices.state";
 pub const META: &str = "meta.json";
+/// Snapshots unused this long go when a new one is made beside them (an
+/// upgraded cygvm, kernel or QEMU makes new ones).
+pub const UNUSED_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,10 @@ pub struct MappedMeta {
     /// The sha256 of the state.gz it was expanded from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The image directory that state.gz belongs to: once it is gone, the
+    /// snapshot serves nothing and is pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
     pub qemu_version: String,
     pub memory_bytes: u64,
     pub ram: FileStamp,
@@ -267,7 +274,7 @@ fn lock_path(dir: &Path) -> PathBuf {
 }
 
 /// Records that `dir` was used now (its lock file's mtime), for
-/// [`prune_unused`].
+/// [`prune`].
 pub fn touch(dir: &Path) {
     let _ = File::options()
         .create(true)
@@ -277,22 +284,31 @@ pub fn touch(dir: &Path) {
         .and_then(|f| f.set_modified(std::time::SystemTime::now()));
 }
 
-/// Removes the snapshots under `parent`, other than `keep`, that were last
-/// used (made or [`touch`]ed) longer than `unused_for` ago and that nobody
-/// is making now: what a cygvm or QEMU upgrade leaves behind.
-pub fn prune_unused(parent: &Path, keep: &Path, unused_for: std::time::Duration) -> Vec<PathBuf> {
+impl MappedMeta {
+    /// Whether the image it serves is gone.
+    pub fn orphaned(&self) -> bool {
+        self.image.as_deref().is_some_and(|d| !d.exists())
+    }
+}
+
+/// Removes the snapshots under `parent`, other than `keep`, that nobody is
+/// making now and that either serve nothing (their image was deleted) or
+/// were last used (made or
+/// [`touch`]ed) longer than `unused_for` ago (what a cygvm or QEMU upgrade
+/// leaves behind).
+pub fn prune(parent: &Path, keep: &Path, unused_for: std::time::Duration) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    for (dir, _) in list(parent) {
+    for (dir, meta) in list(parent) {
         if dir == keep {
             continue;
         }
         let lock = lock_path(&dir);
-        let old = fs::metadata(&lock)
+        let unused = fs::metadata(&lock)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > unused_for);
-        if !old {
+        if !unused && !meta.orphaned() {
             continue;
         }
         if let Ok(Some(_held)) = FileLock::try_exclusive(&lock)
@@ -316,6 +332,13 @@ pub fn lock(dir: &Path) -> Result<FileLock, MappedError> {
         path,
         source: io::Error::other(e.to_string()),
     })
+}
+
+/// The state.gz an expanded snapshot is made from, and its image.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub sha256: &'a str,
+    pub image: &'a Path,
 }
 
 /// An expanded snapshot being made: a hidden directory beside its real
@@ -372,7 +395,7 @@ impl Builder {
         mut self,
         key: &str,
         describes: &str,
-        source: Option<&str>,
+        source: Option<Source<'_>>,
         qemu_version: &str,
     ) -> Result<Mapped, MappedError> {
         for path in [self.ram(), self.devices()] {
@@ -385,7 +408,8 @@ impl Builder {
             format: FORMAT,
             key: key.to_string(),
             describes: describes.to_string(),
-            source: source.map(str::to_string),
+            source: source.map(|s| s.sha256.to_string()),
+            image: source.map(|s| s.image.to_path_buf()),
             qemu_version: qemu_version.to_string(),
             memory_bytes: self.memory_bytes,
             ram: FileStamp::of(&self.ram())?,
@@ -438,11 +462,15 @@ mod tests {
     use super::*;
 
     fn made(dir: &Path) -> Mapped {
+        made_from(dir, None)
+    }
+
+    fn made_from(dir: &Path, source: Option<Source<'_>>) -> Mapped {
         let _lock = lock(dir).unwrap();
         let b = Builder::new(dir, 1 << 20).unwrap();
         std::fs::write(b.ram(), vec![7u8; 1 << 20]).unwrap();
         std::fs::write(b.devices(), b"devices").unwrap();
-        b.commit("k", "test", None, "10.0.2").unwrap()
+        b.commit("k", "test", source, "10.0.2").unwrap()
     }
 
     #[test]
@@ -511,9 +539,36 @@ mod tests {
                 .unwrap();
         }
         touch(&used);
-        let removed = prune_unused(tmp.path(), &new, std::time::Duration::from_secs(7 * 86400));
+        let removed = prune(tmp.path(), &new, std::time::Duration::from_secs(7 * 86400));
         assert_eq!(removed, vec![old.clone()]);
         assert!(!old.exists() && used.exists() && new.exists());
+    }
+
+    #[test]
+    fn a_snapshot_whose_image_is_gone_is_pruned_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (gone, kept) = (tmp.path().join("gone"), tmp.path().join("kept"));
+        std::fs::create_dir(&gone).unwrap();
+        std::fs::create_dir(&kept).unwrap();
+        let snaps = tmp.path().join("snaps");
+        let source = |image| {
+            Some(Source {
+                sha256: "abc",
+                image,
+            })
+        };
+        let orphan = made_from(&snaps.join("orphan"), source(&gone)).dir;
+        let live = made_from(&snaps.join("live"), source(&kept)).dir;
+        let new = made(&snaps.join("new")).dir;
+        std::fs::remove_dir(&gone).unwrap();
+        let listed = list(&snaps);
+        let orphaned: Vec<_> = listed.iter().filter(|(_, m)| m.orphaned()).collect();
+        assert_eq!(orphaned.len(), 1);
+        assert_eq!(orphaned[0].0, orphan);
+        let removed = prune(&snaps, &new, std::time::Duration::from_secs(7 * 86400));
+        assert_eq!(removed, vec![orphan.clone()]);
+        assert!(!orphan.exists() && live.exists() && new.exists());
+        assert!(!snaps.join("orphan.lock").exists());
     }
 
     #[test]
