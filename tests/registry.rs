@@ -480,6 +480,100 @@ fn credentials_come_from_the_auth_file_and_a_wrong_password_is_named() {
 }
 
 #[test]
+fn a_registry_with_token_auth_gets_bearer_tokens_for_the_stored_credentials() {
+    require_registry!();
+    if let Err(e) = Command::new("openssl").arg("version").output() {
+        eprintln!("skipped: openssl (signs the test token service's tokens) cannot run: {e}");
+        return;
+    }
+    let reg = TestRegistry::with_token_service("builder", "token-horse-staple");
+    let tokens = reg.tokens.as_ref().unwrap();
+    let here = Host::new();
+    let image = make_image(here.path(), 2, 9);
+    let target = format!("{}/team/synthetic", reg.addr);
+
+    // The token service wants credentials; there are none.
+    let out = here.push(&image, &target, &[]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "registry {} wants credentials and none are stored for it",
+            reg.addr
+        )),
+        "{stderr}"
+    );
+
+    // With them (kept for the registry, sent to its token service), the
+    // push gets a token that may push.
+    let good = reg.auth_file(here.path(), "builder", "token-horse-staple");
+    let out = here
+        .cygvm()
+        .env("REGISTRY_AUTH_FILE", &good)
+        .args(["push", "--plain-http", "--slice-size", "1", "--image"])
+        .arg(&image)
+        .arg(&target)
+        .output()
+        .unwrap();
+    let pinned = pushed_ref(&out);
+    assert!(
+        tokens
+            .granted()
+            .iter()
+            .any(|s| s == "repository:team/synthetic:pull,push"),
+        "{:?}",
+        tokens.granted()
+    );
+
+    // Another host pulls it with a token of its own.
+    let there = Host::new();
+    let theirs = reg.auth_file(there.path(), "builder", "token-horse-staple");
+    let out = there
+        .cygvm()
+        .env("REGISTRY_AUTH_FILE", &theirs)
+        .args(["pull", "--plain-http", &pinned])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pulled = PathBuf::from(text(&out.stdout).trim()).join("current");
+    for f in ["disk.qcow2", "state.gz", "manifest.json"] {
+        same_file(&pulled.join(f), &image.join("gen-0001").join(f));
+    }
+
+    // A wrong password: the token service refuses it, and cygvm says whose.
+    let elsewhere = Host::new();
+    let bad = reg.auth_file(elsewhere.path(), "builder", "wrong");
+    let out = elsewhere
+        .cygvm()
+        .env("REGISTRY_AUTH_FILE", &bad)
+        .args(["pull", "--plain-http", &pinned])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "registry {} refused the credentials of user \"builder\" from {}",
+            reg.addr,
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("token-horse") && !stderr.contains("Bearer"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(elsewhere.store().join("sha256"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".lock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the store: {left:?}");
+}
+
+#[test]
 fn an_unknown_tag_and_a_plain_http_registry_without_the_flag_are_clear_errors() {
     require_registry!();
     let reg = TestRegistry::start();

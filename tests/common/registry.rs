@@ -17,6 +17,17 @@ pub struct TestRegistry {
     dir: tempfile::TempDir,
     /// `127.0.0.1:PORT`
     pub addr: String,
+    /// The token service, for a registry with token (bearer) auth.
+    pub tokens: Option<TokenService>,
+}
+
+/// How the registry authenticates.
+enum Auth<'a> {
+    Anonymous,
+    /// HTTP basic against an htpasswd file.
+    Basic(&'a str, &'a str),
+    /// Bearer tokens from a token service that wants these credentials.
+    Token(&'a str, &'a str),
 }
 
 /// Why registry tests cannot run here, if they cannot.
@@ -38,15 +49,22 @@ fn free_port() -> u16 {
 
 impl TestRegistry {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(Auth::Anonymous)
     }
 
     /// A registry that wants `user`/`password` (HTTP basic, htpasswd).
     pub fn with_user(user: &str, password: &str) -> Self {
-        Self::start_with(Some((user, password)))
+        Self::start_with(Auth::Basic(user, password))
     }
 
-    fn start_with(user: Option<(&str, &str)>) -> Self {
+    /// A registry that wants bearer tokens (distribution's `auth: token`)
+    /// from a token service of the test's own, which hands them to
+    /// `user`/`password` (as Docker Hub, GHCR or Harbor do).
+    pub fn with_token_service(user: &str, password: &str) -> Self {
+        Self::start_with(Auth::Token(user, password))
+    }
+
+    fn start_with(auth: Auth<'_>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -55,7 +73,20 @@ impl TestRegistry {
              delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("storage").display()
         );
-        if let Some((user, password)) = user {
+        let mut tokens = None;
+        if let Auth::Token(user, password) = auth {
+            let service = TokenService::start(dir.path(), user, password);
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+                 rootcertbundle: {}\n",
+                service.realm(),
+                TokenService::SERVICE,
+                TokenService::ISSUER,
+                service.cert.display()
+            ));
+            tokens = Some(service);
+        }
+        if let Auth::Basic(user, password) = auth {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -85,7 +116,12 @@ impl TestRegistry {
             });
         }
         let child = cmd.spawn().expect("docker-registry starts");
-        let registry = Self { child, dir, addr };
+        let registry = Self {
+            child,
+            dir,
+            addr,
+            tokens,
+        };
         registry.wait_ready();
         registry
     }
@@ -145,4 +181,200 @@ impl Drop for TestRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A token service as distribution's token auth expects one: `GET
+/// /token?service=…&scope=…` with HTTP basic credentials answers a JWT
+/// (RS256, signed with `openssl`, its certificate in the `x5c` header)
+/// granting the scopes asked for. It records the scopes it granted.
+pub struct TokenService {
+    addr: std::net::SocketAddr,
+    pub cert: PathBuf,
+    granted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TokenService {
+    pub const SERVICE: &str = "cygvm-test-registry";
+    pub const ISSUER: &str = "cygvm-test-token-service";
+
+    fn start(dir: &Path, user: &str, password: &str) -> Self {
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=cygvm test token service", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .output()
+            .expect("openssl runs");
+        assert!(der.status.success());
+        use base64::Engine;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let granted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let state = (key, x5c, format!("Basic {basic}"), granted.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = serve_token(stream, &state.0, &state.1, &state.2, &state.3);
+            }
+        });
+        Self {
+            addr,
+            cert,
+            granted,
+        }
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// The scopes granted so far, in order.
+    pub fn granted(&self) -> Vec<String> {
+        self.granted.lock().unwrap().clone()
+    }
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Answers one request of the token service.
+fn serve_token(
+    stream: std::net::TcpStream,
+    key: &Path,
+    x5c: &str,
+    authorization: &str,
+    granted: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut authorized = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("authorization")
+        {
+            authorized = value.trim() == authorization;
+        }
+    }
+    let mut out = stream;
+    if !authorized {
+        return out.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    }
+    let target = request_line.split_whitespace().nth(1).unwrap_or("");
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let scopes: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("scope="))
+        .map(percent_decode)
+        .collect();
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|scope| {
+            let mut parts = scope.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(serde_json::json!({
+                "type": kind,
+                "name": name,
+                "actions": actions.split(',').collect::<Vec<_>>(),
+            }))
+        })
+        .collect();
+    granted.lock().unwrap().extend(scopes.iter().cloned());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": TokenService::ISSUER,
+        "sub": "builder",
+        "aud": TokenService::SERVICE,
+        "exp": now + 300,
+        "nbf": now - 10,
+        "iat": now,
+        "jti": format!("{now}-{}", scopes.len()),
+        "access": access,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut openssl = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    openssl.stdin.take().unwrap().write_all(signed.as_bytes())?;
+    let signature = openssl.wait_with_output()?;
+    assert!(signature.status.success(), "openssl dgst -sign failed");
+    let body = serde_json::json!({
+        "token": format!("{signed}.{}", b64url(&signature.stdout)),
+        "expires_in": 300,
+    })
+    .to_string();
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
