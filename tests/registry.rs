@@ -82,6 +82,33 @@ impl Host {
             .output()
             .unwrap()
     }
+
+    /// A pull with the credentials in `auth_file`.
+    fn pull_with(&self, auth_file: &Path, reference: &str) -> Output {
+        self.cygvm()
+            .env("REGISTRY_AUTH_FILE", auth_file)
+            .args(["pull", "--plain-http", reference])
+            .output()
+            .unwrap()
+    }
+}
+
+/// A command refused for the credentials of user "builder" in `auth_file`:
+/// the error names both and shows none of `secrets`.
+fn assert_refused(out: &Output, reg: &TestRegistry, auth_file: &Path, secrets: &[&str]) {
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "registry {} refused the credentials of user \"builder\" from {}",
+            reg.addr,
+            auth_file.display()
+        )),
+        "{stderr}"
+    );
+    for secret in secrets {
+        assert!(!stderr.contains(secret), "{stderr}");
+    }
 }
 
 /// An image directory with one generation: a `disk_mib` MiB disk, a
@@ -451,26 +478,8 @@ fn credentials_come_from_the_auth_file_and_a_wrong_password_is_named() {
     let pinned = pushed_ref(&out);
 
     let bad = reg.auth_file(here.path(), "builder", "wrong-password");
-    let out = here
-        .cygvm()
-        .env("REGISTRY_AUTH_FILE", &bad)
-        .args(["pull", "--plain-http", &pinned])
-        .output()
-        .unwrap();
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains(&format!(
-            "registry {} refused the credentials of user \"builder\" from {}",
-            reg.addr,
-            bad.display()
-        )),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("wrong-password") && !stderr.contains("right-horse"),
-        "{stderr}"
-    );
+    let out = here.pull_with(&bad, &pinned);
+    assert_refused(&out, &reg, &bad, &["wrong-password", "right-horse"]);
 
     // docker's file, found through HOME.
     std::fs::create_dir_all(here.path().join(".docker")).unwrap();
@@ -528,12 +537,7 @@ fn a_registry_with_token_auth_gets_bearer_tokens_for_the_stored_credentials() {
     // Another host pulls it with a token of its own.
     let there = Host::new();
     let theirs = reg.auth_file(there.path(), "builder", "token-horse-staple");
-    let out = there
-        .cygvm()
-        .env("REGISTRY_AUTH_FILE", &theirs)
-        .args(["pull", "--plain-http", &pinned])
-        .output()
-        .unwrap();
+    let out = there.pull_with(&theirs, &pinned);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pulled = PathBuf::from(text(&out.stdout).trim()).join("current");
     for f in ["disk.qcow2", "state.gz", "manifest.json"] {
@@ -543,26 +547,8 @@ fn a_registry_with_token_auth_gets_bearer_tokens_for_the_stored_credentials() {
     // A wrong password: the token service refuses it, and cygvm says whose.
     let elsewhere = Host::new();
     let bad = reg.auth_file(elsewhere.path(), "builder", "wrong");
-    let out = elsewhere
-        .cygvm()
-        .env("REGISTRY_AUTH_FILE", &bad)
-        .args(["pull", "--plain-http", &pinned])
-        .output()
-        .unwrap();
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains(&format!(
-            "registry {} refused the credentials of user \"builder\" from {}",
-            reg.addr,
-            bad.display()
-        )),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("token-horse") && !stderr.contains("Bearer"),
-        "{stderr}"
-    );
+    let out = elsewhere.pull_with(&bad, &pinned);
+    assert_refused(&out, &reg, &bad, &["token-horse", "Bearer"]);
     let left: Vec<_> = std::fs::read_dir(elsewhere.store().join("sha256"))
         .map(|rd| {
             rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
