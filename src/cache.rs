@@ -78,9 +78,9 @@ pub fn list(root: &Path) -> String {
             e.meta.qemu_version,
             e.meta.describes,
         ));
-        if e.meta.orphaned() {
+        if e.kind == "guest" && crate::phases::expanded::serves_nothing(&e.dir, &e.meta) {
             out.push_str(
-                "             its image is gone: the next snapshot made here removes it\n",
+                "             no image holds its state.gz any more: the next snapshot made here removes it\n",
             );
         }
     }
@@ -155,7 +155,7 @@ pub fn remove(root: &Path, names: &[String], all: bool) -> Result<String> {
                 || e.dir == Path::new(n)
         });
         if all || named {
-            mapped::remove(&e.dir)?;
+            mapped::discard(&e.dir)?;
             out.push_str(&format!(
                 "removed {} ({})\n",
                 e.dir.display(),

@@ -92,6 +92,22 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Bytes the files under `dir` take on disk (allocated blocks: the
+/// overlay and RAM files are sparse).
+pub fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(md) = entry.metadata() else { continue };
+        if md.is_dir() {
+            total += allocated_bytes(&entry.path());
+        } else {
+            total += md.blocks() * 512;
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

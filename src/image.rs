@@ -88,6 +88,11 @@ impl Generation {
     pub fn lock_shared(&self) -> Result<FileLock, ImageError> {
         FileLock::acquire(&self.dir.join(LOCK), libc::LOCK_SH)
     }
+
+    /// The lock removing it takes; `None` while a run holds it.
+    pub fn try_lock_exclusive(&self) -> Result<Option<FileLock>, ImageError> {
+        FileLock::try_exclusive(&self.dir.join(LOCK))
+    }
 }
 
 pub fn generation_name(number: u32) -> String {

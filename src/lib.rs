@@ -18,6 +18,7 @@ pub mod guest;
 pub mod image;
 pub mod media;
 pub mod phases;
+pub mod prune;
 pub mod registry;
 pub mod secrets;
 pub mod snapshot;

@@ -560,6 +560,90 @@ fn a_registry_with_token_auth_gets_bearer_tokens_for_the_stored_credentials() {
 }
 
 #[test]
+fn store_prune_removes_what_was_not_used_and_never_what_a_run_holds() {
+    require_registry!();
+    let reg = TestRegistry::start();
+    let here = Host::new();
+    let there = Host::new();
+    let mut pinned = Vec::new();
+    for (n, name) in ["alpha", "beta", "gamma"].iter().enumerate() {
+        let root = here.path().join(name);
+        let image = make_image(&root, 1, 20 + n as u64);
+        let out = here.push(&image, &format!("{}/{name}", reg.addr), &[]);
+        let r = pushed_ref(&out);
+        let out = there.pull(&r);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        pinned.push(r);
+    }
+    let store = |args: &[&str]| there.cygvm().arg("store").args(args).output().unwrap();
+    let listed = text(&store(&["list"]).stdout);
+    for r in &pinned {
+        assert!(listed.contains(r.as_str()), "{listed}");
+    }
+    let hex = |r: &str| r.rsplit_once("@sha256:").unwrap().1.to_string();
+    let dir = |r: &str| there.store().join("sha256").join(hex(r));
+
+    let refused = store(&["prune"]);
+    assert!(!refused.status.success());
+    assert!(text(&refused.stderr).contains("--unused-for DAYS"));
+    let out = store(&["prune", "--unused-for", "14"]);
+    assert_eq!(text(&out.stdout), "nothing to remove\n");
+
+    // alpha and beta unused for a month; a run holds beta.
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+    for r in &pinned[..2] {
+        std::fs::File::options()
+            .append(true)
+            .open(
+                there
+                    .store()
+                    .join("sha256")
+                    .join(format!("{}.lock", hex(r))),
+            )
+            .unwrap()
+            .set_modified(month_ago)
+            .unwrap();
+    }
+    let held = ImageDir::new(dir(&pinned[1]))
+        .current()
+        .unwrap()
+        .lock_shared()
+        .unwrap();
+    let out = store(&["prune", "--unused-for", "14"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let removed = text(&out.stdout);
+    assert!(
+        removed.starts_with(&format!("removed {} (", pinned[0])) && removed.lines().count() == 1,
+        "{removed}"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("{} (", pinned[1]))
+            && text(&out.stderr).contains("is in use; kept"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir(&pinned[0]).exists() && dir(&pinned[1]).exists() && dir(&pinned[2]).exists());
+    drop(held);
+
+    // Pulling gamma again is a use; --max-size keeps the most recently used.
+    let out = there.pull(&pinned[2]);
+    assert!(out.status.success());
+    let out = store(&["prune", "--max-size", "5M"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("removed {}", pinned[1])));
+    assert!(!dir(&pinned[1]).exists() && dir(&pinned[2]).exists());
+    let listed = text(&store(&["list"]).stdout);
+    assert!(
+        listed.contains(&pinned[2]) && !listed.contains(&pinned[1]),
+        "{listed}"
+    );
+    // What was removed can be pulled again.
+    let out = there.pull(&pinned[0]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir(&pinned[0]).join("current/disk.qcow2").exists());
+}
+
+#[test]
 fn an_unknown_tag_and_a_plain_http_registry_without_the_flag_are_clear_errors() {
     require_registry!();
     let reg = TestRegistry::start();

@@ -55,7 +55,14 @@ fn a_pushed_image_runs_from_the_registry_on_a_fresh_store_and_a_refresh_shares_b
     }
     let _vm = vm_lock();
     let reg = TestRegistry::start();
-    let ws = Workspace::installed("oci");
+    // A cache of its own: the end of the test reads its expanded snapshots.
+    let ws = Workspace::new("oci", "").with_own_cache();
+    let out = ws.install();
+    assert!(
+        out.status.success(),
+        "install failed:\n{}",
+        text(&out.stderr)
+    );
     let target = format!("{}/cygvm/standin", reg.addr);
 
     let out = push(&ws, &target);
@@ -134,4 +141,110 @@ fn a_pushed_image_runs_from_the_registry_on_a_fresh_store_and_a_refresh_shares_b
         text(&out.stderr)
     );
     assert!(text(&out.stderr).contains(&format!("pulled {second}")));
+
+    // The store holds both generations and says where they came from.
+    let store_cmd = |args: &[&str]| {
+        ws.cygvm()
+            .arg("store")
+            .args(args)
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .unwrap()
+    };
+    let listed = text(&store_cmd(&["list"]).stdout);
+    assert!(
+        listed.contains(&pinned) && listed.contains(&second),
+        "{listed}"
+    );
+    // Neither used for a month; then the first one runs again.
+    let hex = |r: &str| r.rsplit_once("@sha256:").unwrap().1.to_string();
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+    for r in [&pinned, &second] {
+        let stamp = store.join("sha256").join(format!("{}.lock", hex(r)));
+        std::fs::File::options()
+            .append(true)
+            .open(&stamp)
+            .unwrap()
+            .set_modified(month_ago)
+            .unwrap();
+    }
+    let out = run_from(&ws, &store, &pinned, &["true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The expanded snapshot of each generation serves the image it was
+    // made for and the store's copy alike (the same state.gz).
+    let state_sha = |r: &str| {
+        let manifest = store
+            .join("sha256")
+            .join(hex(r))
+            .join("current/manifest.json");
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+        m["state"]["sha256"].as_str().unwrap().to_string()
+    };
+    let (first_sha, second_sha) = (state_sha(&pinned), state_sha(&second));
+    let expanded_of = |sha: &str| {
+        std::fs::read_dir(ws.cache_dir().join("expanded"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|d| {
+                std::fs::read(d.join("meta.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|m| m["source"] == sha)
+            })
+    };
+    let shared = expanded_of(&second_sha).expect("generation 2's expanded snapshot");
+    let users = std::fs::read_to_string(shared.with_file_name(format!(
+        "{}.users",
+        shared.file_name().unwrap().to_string_lossy()
+    )))
+    .unwrap();
+    assert!(
+        users.contains(&*store.join("sha256").join(hex(&second)).to_string_lossy()),
+        "{users}"
+    );
+
+    // A prune of what was not used for two weeks takes the second only.
+    // Its expanded snapshot stays: the image it was pushed from holds it.
+    let out = store_cmd(&["prune", "--unused-for", "14"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&format!("removed {second}")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!store.join("sha256").join(hex(&second)).exists());
+    assert!(store.join("sha256").join(hex(&pinned)).exists());
+    assert_eq!(expanded_of(&second_sha), Some(shared.clone()));
+    let listed = text(&store_cmd(&["list"]).stdout);
+    assert!(
+        listed.contains(&pinned) && !listed.contains(&second),
+        "{listed}"
+    );
+    // With that image deleted too, generation 2's expanded snapshot serves
+    // nothing, and the cache says so; generation 1's still serves the store.
+    std::fs::remove_dir_all(ws.image()).unwrap();
+    let out = ws.cygvm().args(["cache", "list"]).output().unwrap();
+    let listed = text(&out.stdout);
+    let serving_nothing: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.contains("no image holds its state.gz"))
+        .collect();
+    assert_eq!(serving_nothing.len(), 1, "{listed}");
+    let first = expanded_of(&first_sha).expect("generation 1's expanded snapshot");
+    let shared_line = listed
+        .lines()
+        .position(|l| l.contains(&*shared.file_name().unwrap().to_string_lossy()))
+        .unwrap();
+    assert!(
+        listed
+            .lines()
+            .nth(shared_line + 2)
+            .unwrap()
+            .contains("no image holds"),
+        "{listed}"
+    );
+    assert!(listed.contains(&*first.file_name().unwrap().to_string_lossy()));
 }

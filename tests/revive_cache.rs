@@ -308,7 +308,7 @@ fn an_expanded_snapshot_whose_image_is_gone_goes_when_the_next_is_made() {
     let listed = text(&cache(&["list"]).stdout);
     let gone: Vec<&str> = listed
         .lines()
-        .filter(|l| l.contains("its image is gone"))
+        .filter(|l| l.contains("no image holds its state.gz"))
         .collect();
     assert_eq!(gone.len(), 1, "{listed}");
 
@@ -324,7 +324,7 @@ fn an_expanded_snapshot_whose_image_is_gone_goes_when_the_next_is_made() {
     assert!(err.contains("removed the expanded snapshot"), "{err}");
     assert!(!orphan.exists());
     assert_eq!(snapshots(ws, "expanded"), vec![dir]);
-    assert!(!text(&cache(&["list"]).stdout).contains("its image is gone"));
+    assert!(!text(&cache(&["list"]).stdout).contains("no image holds its state.gz"));
 }
 
 #[test]

@@ -91,6 +91,12 @@ pub enum Command {
         after_help = "Examples:\n  cygvm derived list --image images/cygwin-build\n  cygvm derived prune --image images/cygwin-build --unused-for 14\n  cygvm derived prune --image images/cygwin-build --max-size 20G\n\nA derived generation lives in its generation's directory and goes when\nthe generation is pruned. One a run is using is never removed."
     )]
     Derived(DerivedCommand),
+    /// List or prune the local store of pulled images.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cygvm store list\n  cygvm store prune --unused-for 14\n  cygvm store prune --max-size 50G --store /scratch/cygvm-oci\n\nA pull, and every run of a pulled image, counts as a use. An image a run\nis using is never removed; its snapshots in this host's cache go with it."
+    )]
+    Store(StoreCommand),
     /// The controller VM's agent (runs inside the controller, not on the host).
     #[command(hide = true)]
     Agent(AgentArgs),
@@ -115,6 +121,28 @@ pub enum DerivedCommand {
         unused_for: Option<u64>,
         /// Then remove the least recently used until the rest take at most
         /// this much disk (e.g. 20G, 512M).
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<crate::config::ByteSize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Each pulled image: what it was pulled from, its size and last use.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove pulled images not used for a while, or the least recently
+    /// used ones beyond a total size.
+    Prune {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Remove those no pull or run has used for this many days.
+        #[arg(long, value_name = "DAYS")]
+        unused_for: Option<u64>,
+        /// Then remove the least recently used until the rest take at most
+        /// this much disk (e.g. 50G, 512M).
         #[arg(long, value_name = "SIZE")]
         max_size: Option<crate::config::ByteSize>,
     },
@@ -545,23 +573,80 @@ fn derived_cmd(cmd: DerivedCommand) -> Result<String> {
             unused_for,
             max_size,
         } => {
-            if unused_for.is_none() && max_size.is_none() {
-                anyhow::bail!("say what to prune: --unused-for DAYS, --max-size SIZE, or both");
-            }
             let image = crate::image::ImageDir::new(image);
-            let removed = prune(
-                &image.generations()?,
-                &PrunePolicy {
-                    older_than: unused_for.map(|d| std::time::Duration::from_secs(d * 86400)),
-                    max_bytes: max_size.map(|s| s.bytes()),
-                },
-            )?;
+            let policy = PrunePolicy::from_args(unused_for, max_size.map(|s| s.bytes()))?;
+            let removed = prune(&image.generations()?, &policy)?;
             let mut out = String::new();
             for (number, key, bytes) in &removed {
                 out.push_str(&format!(
                     "removed gen-{number:04}/{key} ({})\n",
                     human(*bytes)
                 ));
+            }
+            if removed.is_empty() {
+                out.push_str("nothing to remove\n");
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn store_cmd(cmd: StoreCommand) -> Result<String> {
+    use crate::registry::store::Store;
+    let human = crate::registry::progress::human_bytes;
+    let (StoreCommand::List { store } | StoreCommand::Prune { store, .. }) = &cmd;
+    let store = Store::new(store.dir()?);
+    let describe = |e: &crate::registry::store::StoreEntry| {
+        let what = match (&e.pulled_from, e.partial) {
+            (_, true) => format!("{} (an unfinished pull)", e.digest),
+            (Some(from), false) => from.clone(),
+            (None, false) => e.digest.clone(),
+        };
+        format!("{what} ({})", human(e.disk_bytes))
+    };
+    match cmd {
+        StoreCommand::List { .. } => {
+            let entries = store.entries();
+            let mut out = format!("{}\n", store.root.display());
+            if entries.is_empty() {
+                out.push_str("  no pulled images\n");
+            }
+            for e in &entries {
+                out.push_str(&format!(
+                    "  {}\n    last used {}, in {}\n",
+                    describe(e),
+                    crate::snapshot::manifest::rfc3339_utc(e.last_used),
+                    e.dir.display()
+                ));
+            }
+            Ok(out)
+        }
+        StoreCommand::Prune {
+            unused_for,
+            max_size,
+            ..
+        } => {
+            let policy =
+                crate::prune::PrunePolicy::from_args(unused_for, max_size.map(|s| s.bytes()))?;
+            let all = store
+                .entries()
+                .into_iter()
+                .map(|e| crate::prune::Candidate {
+                    last_used: e.last_used,
+                    disk_bytes: e.disk_bytes,
+                    item: e,
+                })
+                .collect();
+            let removed = crate::prune::prune(all, &policy, |e| {
+                let gone = store.remove(e)?;
+                if !gone {
+                    eprintln!("{} is in use; kept", describe(e));
+                }
+                Ok(gone)
+            })?;
+            let mut out = String::new();
+            for c in &removed {
+                out.push_str(&format!("removed {}\n", describe(&c.item)));
             }
             if removed.is_empty() {
                 out.push_str("nothing to remove\n");
@@ -677,6 +762,10 @@ pub fn run() -> Result<ExitCode> {
         }
         Command::Derived(cmd) => {
             print!("{}", derived_cmd(cmd)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(cmd) => {
+            print!("{}", store_cmd(cmd)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Refresh(args) => {

@@ -97,6 +97,11 @@ impl DerivedStore {
         }
     }
 
+    /// The image directory its parent generation belongs to.
+    fn image_root(&self) -> &Path {
+        self.parent.dir.parent().unwrap_or(Path::new("."))
+    }
+
     fn lock_path(&self, key: &str) -> Result<PathBuf> {
         fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
@@ -179,7 +184,7 @@ impl DerivedStore {
                 .and_then(|m| m.modified())
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             out.push(DerivedEntry {
-                disk_bytes: tree_bytes(&generation.dir),
+                disk_bytes: crate::fsutil::allocated_bytes(&generation.dir),
                 generation,
                 meta,
                 last_used,
@@ -198,7 +203,7 @@ impl DerivedStore {
         let Some(_lock) = FileLock::try_exclusive(&self.lock_path(key)?)? else {
             return Ok(false);
         };
-        crate::phases::expanded::forget_generation(&generation);
+        crate::phases::expanded::forget_generation(self.image_root(), &generation);
         // Unpublish first (the metadata file is what makes it one), so a
         // removal cut short never leaves a half generation behind a name.
         let doomed = self.dir.join(format!(".{key}.removing"));
@@ -293,85 +298,49 @@ pub fn new_meta(
     }
 }
 
-/// Bytes the files under `dir` take on disk (allocated blocks: the
-/// overlay and RAM files are sparse).
-fn tree_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(md) = entry.metadata() else { continue };
-        if md.is_dir() {
-            total += tree_bytes(&entry.path());
-        } else {
-            total += md.blocks() * 512;
-        }
-    }
-    total
-}
-
 /// Removes `generation`'s expanded snapshots and those of its derived
 /// generations from this host's cache: what pruning a generation calls.
-pub fn forget_generation(generation: &Generation) {
+pub fn forget_generation(image: &Path, generation: &Generation) {
     for entry in DerivedStore::of(generation).list() {
-        crate::phases::expanded::forget_generation(&entry.generation);
+        crate::phases::expanded::forget_generation(image, &entry.generation);
     }
-    crate::phases::expanded::forget_generation(generation);
+    crate::phases::expanded::forget_generation(image, generation);
 }
 
-/// What `cygvm derived prune` may remove.
-#[derive(Debug, Clone, Default)]
-pub struct PrunePolicy {
-    /// Remove those not used for longer than this.
-    pub older_than: Option<Duration>,
-    /// Then remove the least recently used until the rest take at most
-    /// this many bytes.
-    pub max_bytes: Option<u64>,
-}
+pub use crate::prune::PrunePolicy;
 
 /// Applies `policy` to every generation's derived generations; returns
 /// the removed ones (parent number, key, bytes).
 pub fn prune(generations: &[Generation], policy: &PrunePolicy) -> Result<Vec<(u32, String, u64)>> {
-    let mut all: Vec<(DerivedStore, DerivedEntry)> = generations
+    let all = generations
         .iter()
         .flat_map(|g| {
             let store = DerivedStore::of(g);
             store
                 .list()
                 .into_iter()
-                .map(move |e| (store.clone(), e))
+                .map(move |e| crate::prune::Candidate {
+                    last_used: e.last_used,
+                    disk_bytes: e.disk_bytes,
+                    item: (store.clone(), e.meta.key),
+                })
                 .collect::<Vec<_>>()
         })
         .collect();
-    // Oldest use first.
-    all.sort_by_key(|(_, e)| e.last_used);
-    let now = SystemTime::now();
-    let mut total: u64 = all.iter().map(|(_, e)| e.disk_bytes).sum();
-    let mut removed = Vec::new();
-    for (store, entry) in &all {
-        let too_old = policy.older_than.is_some_and(|limit| {
-            now.duration_since(entry.last_used)
-                .is_ok_and(|age| age > limit)
-        });
-        let too_big = policy.max_bytes.is_some_and(|max| total > max);
-        if !(too_old || too_big) {
-            continue;
-        }
-        if store.remove(&entry.meta.key)? {
-            total -= entry.disk_bytes;
-            removed.push((
-                store.parent.number,
-                entry.meta.key.clone(),
-                entry.disk_bytes,
-            ));
-        } else {
+    let removed = crate::prune::prune(all, policy, |(store, key)| {
+        let gone = store.remove(key)?;
+        if !gone {
             tracing::info!(
-                "derived generation {} of generation {} is in use; kept",
-                entry.meta.key,
+                "derived generation {key} of generation {} is in use; kept",
                 store.parent.number
             );
         }
-    }
-    Ok(removed)
+        Ok(gone)
+    })?;
+    Ok(removed
+        .into_iter()
+        .map(|c| (c.item.0.parent.number, c.item.1, c.disk_bytes))
+        .collect())
 }
 
 #[cfg(test)]

@@ -66,24 +66,66 @@ impl ExpandedKey {
     }
 }
 
-/// Removes this host's expanded forms of `generation`'s snapshot: called
-/// when it is pruned. Runs still going keep their mappings (the files
-/// live until the last one ends).
-pub fn forget_generation(generation: &crate::image::Generation) {
+/// Whether `image` has a generation (or derived generation) whose
+/// state.gz has sha256 `sha`.
+fn holds_state(image: &Path, sha: &str) -> bool {
+    let has = |g: &crate::image::Generation| {
+        crate::snapshot::Manifest::load(&g.manifest())
+            .ok()
+            .and_then(|m| m.state)
+            .is_some_and(|s| s.sha256 == sha)
+    };
+    crate::image::ImageDir::new(image)
+        .generations()
+        .unwrap_or_default()
+        .iter()
+        .any(|g| {
+            has(g)
+                || crate::derived::DerivedStore::of(g)
+                    .list()
+                    .iter()
+                    .any(|e| has(&e.generation))
+        })
+}
+
+/// Whether the expanded snapshot at `dir` serves no image any more: none
+/// of the images that made or used it still holds its state.gz (they
+/// were deleted, or pruned that generation).
+pub fn serves_nothing(dir: &Path, meta: &mapped::MappedMeta) -> bool {
+    let Some(sha) = &meta.source else {
+        return false;
+    };
+    let users = mapped::users(dir, meta);
+    !users.is_empty() && !users.iter().any(|image| holds_state(image, sha))
+}
+
+/// Removes this host's expanded forms of `generation`'s snapshot, unless
+/// another image holding the same state.gz (a pulled copy, say) uses them:
+/// called when `image` prunes the generation or is removed. Runs still
+/// going keep their mappings (the files live until the last one ends).
+pub fn forget_generation(image: &Path, generation: &crate::image::Generation) {
     let Ok(manifest) = crate::snapshot::Manifest::load(&generation.manifest()) else {
         return;
     };
     let Some(state) = manifest.state else { return };
+    let image = std::path::absolute(image).unwrap_or_else(|_| image.to_path_buf());
     for (dir, meta) in mapped::list(&cache_dir()) {
-        if meta.source.as_deref() == Some(state.sha256.as_str()) {
-            match mapped::remove(&dir) {
-                Ok(()) => tracing::info!(
-                    "removed the expanded snapshot of generation {} ({})",
-                    generation.number,
-                    dir.display()
-                ),
-                Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
-            }
+        if meta.source.as_deref() != Some(state.sha256.as_str()) {
+            continue;
+        }
+        let elsewhere = mapped::users(&dir, &meta)
+            .iter()
+            .any(|other| *other != image && holds_state(other, &state.sha256));
+        if elsewhere {
+            continue;
+        }
+        match mapped::discard(&dir) {
+            Ok(()) => tracing::info!(
+                "removed the expanded snapshot of generation {} ({})",
+                generation.number,
+                dir.display()
+            ),
+            Err(e) => tracing::warn!("cannot remove {}: {e}", dir.display()),
         }
     }
 }
@@ -133,8 +175,10 @@ pub async fn expand(
         key,
         describes,
     } = source;
+    let image = std::path::absolute(image).unwrap_or_else(|_| image.clone());
     let (_lock, made) = lock_then_open(&key.dir, &key.key, &key.qemu_version).await?;
     if let Some(m) = made {
+        mapped::add_user(&m.dir, &image);
         return Ok(m);
     }
     let (fs, free) = free_bytes(&key.dir)?;
@@ -164,7 +208,6 @@ pub async fn expand(
     .await;
     let status = sup.stop(vm.child).await;
     result.with_context(|| format!("expanding the snapshot failed (QEMU: {status})"))?;
-    let image = std::path::absolute(image).unwrap_or_else(|_| image.clone());
     let source = mapped::Source {
         sha256: &summary.sha256,
         image: &image,
@@ -175,9 +218,9 @@ pub async fn expand(
         made.dir.display(),
         started.elapsed().as_secs_f64()
     );
-    for old in mapped::prune(&cache_dir(), &made.dir, mapped::UNUSED_AGE) {
+    for old in mapped::prune(&cache_dir(), &made.dir, mapped::UNUSED_AGE, serves_nothing) {
         tracing::info!(
-            "removed the expanded snapshot {} (unused, or its image is gone)",
+            "removed the expanded snapshot {} (unused, or no image holds its state.gz)",
             old.display()
         );
     }

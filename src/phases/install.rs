@@ -174,7 +174,9 @@ pub fn run(config: &Config, config_path: &Path, opts: &InstallOptions) -> Result
     verify.done();
     let publish = events::phase("publish");
     let generation = pending.publish()?;
-    image.prune_with(KEEP_GENERATIONS, &lock, crate::derived::forget_generation)?;
+    image.prune_with(KEEP_GENERATIONS, &lock, |g| {
+        crate::derived::forget_generation(&image.root, g)
+    })?;
     publish.done();
     println!(
         "installed {} ({}): generation {} in {}",

@@ -70,11 +70,9 @@ pub fn run(opts: &RefreshOptions) -> Result<ExitCode> {
     let number = pending.number;
     let publish = events::phase("publish");
     let published = pending.publish()?;
-    let removed = image.prune_with(
-        config.image.keep.0,
-        &lock,
-        crate::derived::forget_generation,
-    )?;
+    let removed = image.prune_with(config.image.keep.0, &lock, |g| {
+        crate::derived::forget_generation(&image.root, g)
+    })?;
     publish.done();
     println!(
         "refreshed {}: generation {number} is current ({}){}",

@@ -51,6 +51,7 @@ pub struct Revive {
 
 pub fn run(opts: &RunOptions) -> Result<ExitCode> {
     let image = ImageDir::new(&opts.image);
+    crate::registry::store::note_use(&image.root);
     let generation = image.current()?;
     // Held until the run ends, so a refresh never prunes this generation.
     let _in_use = generation.lock_shared()?;
@@ -221,6 +222,11 @@ impl Instance<'_> {
             .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
         let key = ExpandedKey::new(&summary, &identity, spec.memory_mib);
         let expanded = key.lookup();
+        if let Some(m) = &expanded {
+            let image =
+                std::path::absolute(&self.opts.image).unwrap_or_else(|_| self.opts.image.clone());
+            crate::snapshot::mapped::add_user(&m.dir, &image);
+        }
         // The expanded form was checked against this state.gz when it was
         // made; state.gz itself is read in full only without one. Its size
         // is checked always: a cut file is seen at once.

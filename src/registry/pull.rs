@@ -63,6 +63,7 @@ pub fn pull(reference: &Reference, opts: &PullOptions) -> Result<Pulled> {
     if let Selector::Digest(d) = &reference.selector
         && store.has(d)
     {
+        super::store::note_use(&store.image_dir(d));
         return Ok(Pulled {
             image_dir: store.image_dir(d),
             pinned: reference.clone(),
@@ -91,6 +92,7 @@ pub fn pull(reference: &Reference, opts: &PullOptions) -> Result<Pulled> {
 
     let _lock = store.lock(&digest)?;
     let image_dir = store.image_dir(&digest);
+    super::store::note_use(&image_dir);
     if store.has(&digest) {
         return Ok(Pulled {
             image_dir,
@@ -238,6 +240,12 @@ impl PullJob<'_> {
         std::os::unix::fs::symlink(&self.layout.generation, &link)
             .with_context(|| format!("cannot create {}", link.display()))?;
         crate::fsutil::write_atomic(&self.partial.join("artifact.json"), body, 0o644)?;
+        let pulled_from = format!("{}@{}\n", self.repository(), sha256_digest(body));
+        crate::fsutil::write_atomic(
+            &self.partial.join(super::store::PULLED_FROM),
+            pulled_from.as_bytes(),
+            0o644,
+        )?;
         seal(self.partial)?;
         Ok(resumed.into_inner())
     }

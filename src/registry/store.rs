@@ -5,14 +5,17 @@
 //! $XDG_CACHE_HOME/cygvm/oci/           (default; --store DIR)
 //!   sha256/<hex>/                      a complete image directory, files read-only:
 //!     current -> gen-NNNN, gen-NNNN/{manifest.json, disk.qcow2, state.gz, …},
-//!     secrets/, artifact.json (the OCI manifest)
+//!     secrets/, artifact.json (the OCI manifest), pulled-from
 //!   sha256/.<hex>.partial/             a pull in progress or interrupted;
 //!     .done/<layer>                    layers written, verified and synced
-//!   sha256/<hex>.lock                  held by the one process pulling <hex>
+//!   sha256/<hex>.lock                  held by the one process pulling <hex>;
+//!                                      its mtime is the image's last use
 //! ```
 //!
 //! A directory gets its real name only complete (temp, fsync, rename), so
-//! a process that finds `sha256/<hex>` can run from it without a lock.
+//! a process that finds `sha256/<hex>` can run from it without a lock. A
+//! run holds its generation's lock, so `cygvm store prune` never removes an
+//! image a run is using.
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
@@ -23,6 +26,23 @@ use anyhow::{Context, Result, bail};
 #[derive(Debug, Clone)]
 pub struct Store {
     pub root: PathBuf,
+}
+
+/// The file in a pulled image naming the reference it was pulled from.
+pub const PULLED_FROM: &str = "pulled-from";
+
+/// One image in the store, or an unfinished pull.
+#[derive(Debug, Clone)]
+pub struct StoreEntry {
+    /// `sha256:<hex>`
+    pub digest: String,
+    pub dir: PathBuf,
+    /// What it was pulled from (`REGISTRY/REPO@sha256:…`), if recorded.
+    pub pulled_from: Option<String>,
+    /// An interrupted (or running) pull, not an image.
+    pub partial: bool,
+    pub last_used: std::time::SystemTime,
+    pub disk_bytes: u64,
 }
 
 /// `$XDG_CACHE_HOME/cygvm/oci`, else `~/.cache/cygvm/oci`.
@@ -89,6 +109,102 @@ impl Store {
             }
         }
         Ok(PullLock { _file: file })
+    }
+}
+
+impl Store {
+    fn lock_path(&self, hex: &str) -> PathBuf {
+        self.dir().join(format!("{hex}.lock"))
+    }
+
+    /// The images and unfinished pulls in the store, by digest.
+    pub fn entries(&self) -> Vec<StoreEntry> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(self.dir()).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (hex, partial) = match name.strip_prefix('.') {
+                Some(rest) => match rest.strip_suffix(".partial") {
+                    Some(hex) => (hex.to_string(), true),
+                    None => continue,
+                },
+                None => (name.clone(), false),
+            };
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) || !e.path().is_dir()
+            {
+                continue;
+            }
+            let stamp = if partial {
+                e.path()
+            } else {
+                self.lock_path(&hex)
+            };
+            let last_used = fs::metadata(&stamp)
+                .or_else(|_| fs::metadata(e.path()))
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            out.push(StoreEntry {
+                digest: format!("sha256:{hex}"),
+                pulled_from: fs::read_to_string(e.path().join(PULLED_FROM))
+                    .ok()
+                    .map(|s| s.trim().to_string()),
+                partial,
+                last_used,
+                disk_bytes: crate::fsutil::allocated_bytes(&e.path()),
+                dir: e.path(),
+            });
+        }
+        out.sort_by(|a, b| a.dir.cmp(&b.dir));
+        out
+    }
+
+    /// Removes an image (or unfinished pull) unless a run or a pull is
+    /// using it; returns whether it went. Its expanded snapshots in this
+    /// host's cache go with it.
+    pub fn remove(&self, entry: &StoreEntry) -> Result<bool> {
+        let hex = hex_of(&entry.digest);
+        let Some(_pulling) = crate::image::FileLock::try_exclusive(&self.lock_path(hex))? else {
+            return Ok(false);
+        };
+        let mut held = Vec::new();
+        if !entry.partial {
+            let image = crate::image::ImageDir::new(&entry.dir);
+            for g in image.generations()? {
+                match g.try_lock_exclusive()? {
+                    Some(lock) => held.push((g, lock)),
+                    None => return Ok(false),
+                }
+            }
+        }
+        for (g, _) in &held {
+            crate::derived::forget_generation(&entry.dir, g);
+        }
+        let aside = self.dir().join(format!(".{hex}.removing"));
+        let _ = fs::remove_dir_all(&aside);
+        fs::rename(&entry.dir, &aside)
+            .with_context(|| format!("cannot remove {}", entry.dir.display()))?;
+        fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))?;
+        let _ = fs::remove_file(self.lock_path(hex));
+        crate::fsutil::sync_dir(&self.dir())
+            .with_context(|| format!("cannot sync {}", self.dir().display()))?;
+        Ok(true)
+    }
+}
+
+/// Records that the image at `image_dir` was used now, if it is an image
+/// in a store (`…/sha256/<hex>`): `cygvm store prune --unused-for` reads it.
+pub fn note_use(image_dir: &Path) {
+    let (Some(parent), Some(name)) = (image_dir.parent(), image_dir.file_name()) else {
+        return;
+    };
+    if parent.file_name().is_none_or(|n| n != "sha256") {
+        return;
+    }
+    let lock = parent.join(format!("{}.lock", name.to_string_lossy()));
+    if lock.is_file() {
+        let _ = fs::OpenOptions::new()
+            .append(true)
+            .open(&lock)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
     }
 }
 

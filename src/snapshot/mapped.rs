@@ -18,7 +18,7 @@
 //! What is checked when is in docs/snapshot.md.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -284,19 +284,61 @@ pub fn touch(dir: &Path) {
         .and_then(|f| f.set_modified(std::time::SystemTime::now()));
 }
 
-impl MappedMeta {
-    /// Whether the image it serves is gone.
-    pub fn orphaned(&self) -> bool {
-        self.image.as_deref().is_some_and(|d| !d.exists())
+fn users_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!("{name}.users"))
+}
+
+/// Records that `image` uses the snapshot at `dir`, in `<name>.users`
+/// beside it (one path a line): a snapshot serves every image holding the
+/// state.gz it was made from, not only the one that made it.
+pub fn add_user(dir: &Path, image: &Path) {
+    let line = image.to_string_lossy();
+    let path = users_path(dir);
+    if fs::read_to_string(&path).is_ok_and(|s| s.lines().any(|l| l == line)) {
+        return;
     }
+    // One short O_APPEND write: runs adding themselves at once never mix lines.
+    let _ = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+}
+
+/// The images the snapshot at `dir` serves: the one that made it and
+/// those that used it since.
+pub fn users(dir: &Path, meta: &MappedMeta) -> Vec<PathBuf> {
+    let mut users: Vec<PathBuf> = meta.image.iter().cloned().collect();
+    for line in fs::read_to_string(users_path(dir))
+        .unwrap_or_default()
+        .lines()
+    {
+        let p = PathBuf::from(line);
+        if !line.is_empty() && !users.contains(&p) {
+            users.push(p);
+        }
+    }
+    users
+}
+
+/// Removes a snapshot and what is kept beside it about its use.
+pub fn discard(dir: &Path) -> io::Result<()> {
+    remove(dir)?;
+    let _ = fs::remove_file(users_path(dir));
+    Ok(())
 }
 
 /// Removes the snapshots under `parent`, other than `keep`, that nobody is
-/// making now and that either serve nothing (their image was deleted) or
-/// were last used (made or
-/// [`touch`]ed) longer than `unused_for` ago (what a cygvm or QEMU upgrade
-/// leaves behind).
-pub fn prune(parent: &Path, keep: &Path, unused_for: std::time::Duration) -> Vec<PathBuf> {
+/// making now and that either `serve_nothing` (their images were deleted)
+/// or were last used (made or [`touch`]ed) longer than `unused_for` ago
+/// (what a cygvm or QEMU upgrade leaves behind).
+pub fn prune(
+    parent: &Path,
+    keep: &Path,
+    unused_for: std::time::Duration,
+    serve_nothing: impl Fn(&Path, &MappedMeta) -> bool,
+) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for (dir, meta) in list(parent) {
         if dir == keep {
@@ -308,11 +350,11 @@ pub fn prune(parent: &Path, keep: &Path, unused_for: std::time::Duration) -> Vec
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > unused_for);
-        if !unused && !meta.orphaned() {
+        if !unused && !serve_nothing(&dir, &meta) {
             continue;
         }
         if let Ok(Some(_held)) = FileLock::try_exclusive(&lock)
-            && remove(&dir).is_ok()
+            && discard(&dir).is_ok()
         {
             let _ = fs::remove_file(&lock);
             removed.push(dir);
@@ -539,17 +581,20 @@ mod tests {
                 .unwrap();
         }
         touch(&used);
-        let removed = prune(tmp.path(), &new, std::time::Duration::from_secs(7 * 86400));
+        let removed = prune(
+            tmp.path(),
+            &new,
+            std::time::Duration::from_secs(7 * 86400),
+            |_, _| false,
+        );
         assert_eq!(removed, vec![old.clone()]);
         assert!(!old.exists() && used.exists() && new.exists());
     }
 
     #[test]
-    fn a_snapshot_whose_image_is_gone_is_pruned_at_once() {
+    fn a_snapshot_that_serves_nothing_is_pruned_at_once_with_its_records() {
         let tmp = tempfile::tempdir().unwrap();
-        let (gone, kept) = (tmp.path().join("gone"), tmp.path().join("kept"));
-        std::fs::create_dir(&gone).unwrap();
-        std::fs::create_dir(&kept).unwrap();
+        let (maker, user) = (tmp.path().join("maker"), tmp.path().join("user"));
         let snaps = tmp.path().join("snaps");
         let source = |image| {
             Some(Source {
@@ -557,18 +602,30 @@ mod tests {
                 image,
             })
         };
-        let orphan = made_from(&snaps.join("orphan"), source(&gone)).dir;
-        let live = made_from(&snaps.join("live"), source(&kept)).dir;
+        let orphan = made_from(&snaps.join("orphan"), source(&maker)).dir;
+        let shared = made_from(&snaps.join("shared"), source(&maker)).dir;
         let new = made(&snaps.join("new")).dir;
-        std::fs::remove_dir(&gone).unwrap();
-        let listed = list(&snaps);
-        let orphaned: Vec<_> = listed.iter().filter(|(_, m)| m.orphaned()).collect();
-        assert_eq!(orphaned.len(), 1);
-        assert_eq!(orphaned[0].0, orphan);
-        let removed = prune(&snaps, &new, std::time::Duration::from_secs(7 * 86400));
+        add_user(&shared, &user);
+        add_user(&shared, &user);
+        let (_, meta) = list(&snaps)
+            .into_iter()
+            .find(|(d, _)| *d == shared)
+            .unwrap();
+        assert_eq!(users(&shared, &meta), vec![maker.clone(), user.clone()]);
+        // Neither image exists: only a snapshot one of whose users does
+        // is kept.
+        std::fs::create_dir(&user).unwrap();
+        let removed = prune(
+            &snaps,
+            &new,
+            std::time::Duration::from_secs(7 * 86400),
+            |d, m| users(d, m).iter().all(|u| !u.exists()),
+        );
         assert_eq!(removed, vec![orphan.clone()]);
-        assert!(!orphan.exists() && live.exists() && new.exists());
+        assert!(!orphan.exists() && shared.exists() && new.exists());
         assert!(!snaps.join("orphan.lock").exists());
+        discard(&shared).unwrap();
+        assert!(!snaps.join("shared.users").exists() && !shared.exists());
     }
 
     #[test]
