@@ -131,6 +131,11 @@ fn make_image(root: &Path, disk_mib: usize, seed: u64) -> PathBuf {
         .unwrap()
         .commit()
         .unwrap();
+    // The package index it was made from, as install keeps it.
+    let index =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standin/mirror/x86_64/setup.ini");
+    std::fs::create_dir_all(generation.dir.join("cygwin-index")).unwrap();
+    std::fs::copy(index, generation.dir.join("cygwin-index/setup.ini")).unwrap();
     std::fs::write(
         generation.dir.join("config.toml"),
         "[image]\nname = \"synthetic\"\n\n[guest]\nos = \"linux-standin\"\n",
@@ -244,7 +249,13 @@ fn push_then_pull_on_another_host_gives_the_generation_byte_for_byte() {
     );
     let pulled = dir.join("current");
     let source = image.join("gen-0001");
-    for f in ["disk.qcow2", "state.gz", "manifest.json", "config.toml"] {
+    for f in [
+        "disk.qcow2",
+        "state.gz",
+        "manifest.json",
+        "config.toml",
+        "cygwin-index/setup.ini",
+    ] {
         same_file(&pulled.join(f), &source.join(f));
     }
     for f in ["client_ed25519", "ssh_host_ed25519_key", "samba_password"] {

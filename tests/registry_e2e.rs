@@ -106,6 +106,33 @@ fn a_pushed_image_runs_from_the_registry_on_a_fresh_store_and_a_refresh_shares_b
     );
     assert!(ws.processes().is_empty(), "{:?}", ws.processes());
 
+    // Packages added to the pulled image resolve in the index it was made
+    // from, which came with it.
+    let out = ws
+        .cygvm()
+        .env("RUST_LOG", "cygvm=info")
+        .args(["run", "--plain-http", "--store"])
+        .arg(&store)
+        .args(["--packages", "cygvm-example-tool", "--image", &pinned, "--"])
+        .arg("cygvm-example-tool")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(text(&out.stdout), "hello from cygvm-example-lib 2.1-1\n");
+    let pulled = store
+        .join("sha256")
+        .join(pinned.rsplit_once("@sha256:").unwrap().1);
+    let resolved = stderr
+        .lines()
+        .find(|l| l.contains("[packages] resolved in"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        resolved.contains(&*pulled.to_string_lossy())
+            && resolved.ends_with("cygwin-index/setup.ini"),
+        "{resolved}"
+    );
+
     // A refreshed generation: what does the registry already have?
     let out = ws.refresh(&["sh", "-c", "echo generation-two > ~/marker"]);
     assert!(

@@ -23,6 +23,7 @@ pub const PROJECT_FILE: &str = "cygvm-build.toml";
 /// Where a generation keeps a copy of the package index it was installed
 /// or refreshed from (`setup.zst`, `setup.xz` or `setup.ini` inside).
 pub const KEPT_INDEX_DIR: &str = "cygwin-index";
+use crate::media::build::INDEX_NAMES;
 
 /// The packages a run asks for, with where each list came from.
 #[derive(Debug, Default, Clone)]
@@ -192,7 +193,7 @@ fn generation_index(
     cache: &Path,
 ) -> Result<(SetupIni, String)> {
     let kept = parent.dir.join(KEPT_INDEX_DIR);
-    for name in ["setup.zst", "setup.xz", "setup.ini"] {
+    for name in INDEX_NAMES {
         let path = kept.join(name);
         if path.is_file() {
             let index = SetupIni::read(&path)
@@ -213,13 +214,13 @@ pub fn keep_index(index_file: &Path, generation_dir: &Path) -> Result<()> {
     let name = index_file
         .file_name()
         .and_then(|n| n.to_str())
-        .filter(|n| ["setup.zst", "setup.xz", "setup.ini"].contains(n))
+        .filter(|n| INDEX_NAMES.contains(n))
         .unwrap_or("setup.ini");
     let dir = generation_dir.join(KEPT_INDEX_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let bytes = std::fs::read(index_file)
         .with_context(|| format!("cannot read {}", index_file.display()))?;
-    for other in ["setup.zst", "setup.xz", "setup.ini"] {
+    for other in INDEX_NAMES {
         if other != name {
             let _ = std::fs::remove_file(dir.join(other));
         }
@@ -231,7 +232,7 @@ pub fn keep_index(index_file: &Path, generation_dir: &Path) -> Result<()> {
 /// Copies the index `from` keeps (a generation, or the media directory)
 /// into generation directory `to`; nothing when it keeps none.
 pub fn copy_kept_index(from: &Path, to: &Path) -> Result<()> {
-    for name in ["setup.zst", "setup.xz", "setup.ini"] {
+    for name in INDEX_NAMES {
         let path = from.join(KEPT_INDEX_DIR).join(name);
         if path.is_file() {
             return keep_index(&path, to);

@@ -70,7 +70,7 @@ pub struct PackageEntry {
 }
 
 /// Where the index of a mirror lives, tried in this order.
-const INDEX_NAMES: [&str; 3] = ["setup.zst", "setup.xz", "setup.ini"];
+pub const INDEX_NAMES: [&str; 3] = ["setup.zst", "setup.xz", "setup.ini"];
 
 /// Reads the mirror's package index for `arch` (x86_64, or x86 for XP/2003).
 pub fn load_index(source: &MirrorSource, arch: &str, cache: &Path) -> Result<(SetupIni, String)> {

@@ -127,6 +127,7 @@ fn build_derived(
         names(plan),
         parent.number
     );
+    tracing::info!("[packages] resolved in {}", plan.index_name);
     let config = Config::load_generation(&parent.dir)?;
     let os = GuestOs::from_config(&config);
     let pending = store.begin(&plan.key, lock)?;

@@ -51,7 +51,6 @@ pub struct Revive {
 
 pub fn run(opts: &RunOptions) -> Result<ExitCode> {
     let image = ImageDir::new(&opts.image);
-    crate::registry::store::note_use(&image.root);
     let generation = image.current()?;
     // Held until the run ends, so a refresh never prunes this generation.
     let _in_use = generation.lock_shared()?;
@@ -116,6 +115,7 @@ pub fn run_command_with(
     art: &HostArtifacts,
 ) -> Result<i32> {
     let prepare = crate::events::phase("prepare");
+    crate::registry::store::note_use(&image.root);
     let config = Config::load_generation(&generation.dir)?;
     let os = GuestOs::from_config(&config);
     let secrets = ImageSecrets::load_or_create(&image.secrets(), None)?;

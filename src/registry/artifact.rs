@@ -13,6 +13,8 @@
 //! Every layer names the file it belongs to by its path in the image
 //! directory (`gen-0003/disk.qcow2`, `secrets/client_ed25519`).
 
+use crate::derived::request::KEPT_INDEX_DIR;
+use crate::media::build::INDEX_NAMES;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
@@ -122,24 +124,19 @@ pub fn plan(
         if name != DISK && !source.exists() {
             continue;
         }
-        let len = file_len(&source)?;
-        let target = format!("{gen_name}/{name}");
-        let mut offset = 0;
-        // An empty file is one empty slice, so it is still recreated.
-        loop {
-            let n = slice.min(len - offset);
-            layers.push(PlannedLayer {
-                kind: LayerKind::Slice,
-                media_type: SLICE_MEDIA_TYPE,
-                source: source.clone(),
-                target: target.clone(),
-                offset,
-                len: n,
-            });
-            offset += n;
-            if offset >= len {
-                break;
-            }
+        slices(&mut layers, &source, format!("{gen_name}/{name}"), slice)?;
+    }
+    // The package index the generation was made from, for the runs that
+    // add packages to it (docs/cygport.md).
+    for name in INDEX_NAMES {
+        let source = generation.dir.join(KEPT_INDEX_DIR).join(name);
+        if source.is_file() {
+            slices(
+                &mut layers,
+                &source,
+                format!("{gen_name}/{KEPT_INDEX_DIR}/{name}"),
+                slice,
+            )?;
         }
     }
     if generation.has_snapshot() {
@@ -188,6 +185,33 @@ pub fn plan(
         ));
     }
     Ok(layers)
+}
+
+/// `source` as slices of at most `slice` bytes; an empty file is one empty
+/// slice, so it is still recreated.
+fn slices(
+    layers: &mut Vec<PlannedLayer>,
+    source: &Path,
+    target: String,
+    slice: u64,
+) -> Result<(), ArtifactError> {
+    let len = file_len(source)?;
+    let mut offset = 0;
+    loop {
+        let n = slice.min(len - offset);
+        layers.push(PlannedLayer {
+            kind: LayerKind::Slice,
+            media_type: SLICE_MEDIA_TYPE,
+            source: source.to_path_buf(),
+            target: target.clone(),
+            offset,
+            len: n,
+        });
+        offset += n;
+        if offset >= len {
+            return Ok(());
+        }
+    }
 }
 
 fn verbatim(
@@ -332,11 +356,19 @@ impl ArtifactLayout {
             };
             let file = ann(ANN_FILE)?;
             let target = PathBuf::from(file);
-            let mut parts = target.components();
-            let first = parts.next();
-            let inside = matches!(first, Some(Component::Normal(c)) if c == generation.as_str() || c == crate::image::SECRETS)
-                && parts.clone().count() == 1
-                && parts.all(|c| matches!(c, Component::Normal(_)));
+            let parts: Vec<_> = target.components().collect();
+            let named = |c: &Component, name: &str| matches!(c, Component::Normal(n) if *n == name);
+            let inside = match parts.as_slice() {
+                [dir, Component::Normal(_)] => {
+                    named(dir, &generation) || named(dir, crate::image::SECRETS)
+                }
+                [dir, index, Component::Normal(name)] => {
+                    named(dir, &generation)
+                        && named(index, KEPT_INDEX_DIR)
+                        && INDEX_NAMES.iter().any(|n| name == n)
+                }
+                _ => false,
+            };
             if !inside || file.contains('\\') {
                 return Err(fail(format!(
                     "layer {i} names the file {file:?}, outside {generation}/ and secrets/"
@@ -443,8 +475,13 @@ mod tests {
             descriptor(SLICE_MEDIA_TYPE, "gen-0002/disk.qcow2", 10, 5),
             descriptor(STATE_MEDIA_TYPE, "gen-0002/state.gz", 0, 7),
             descriptor(SECRET_MEDIA_TYPE, "secrets/client_ed25519", 0, 3),
+            descriptor(SLICE_MEDIA_TYPE, "gen-0002/cygwin-index/setup.zst", 0, 4),
         ]);
         let layout = ArtifactLayout::read("r", &m).unwrap();
+        assert_eq!(
+            layout.files[Path::new("gen-0002/cygwin-index/setup.zst")],
+            4
+        );
         assert_eq!(layout.files[Path::new("gen-0002/disk.qcow2")], 15);
         assert_eq!(layout.files[Path::new("gen-0002/state.gz")], 7);
         assert_eq!(layout.generation, "gen-0002");
@@ -458,6 +495,9 @@ mod tests {
             ("/etc/passwd", 0),
             ("gen-0001/disk.qcow2", 0),
             ("gen-0002/sub/x", 0),
+            ("gen-0002/cygwin-index/evil", 0),
+            ("gen-0002/cygwin-index/../disk.qcow2", 0),
+            ("secrets/cygwin-index/setup.zst", 0),
             ("gen-0002/disk.qcow2", 3),
         ] {
             let m = manifest(vec![

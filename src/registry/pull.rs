@@ -176,6 +176,10 @@ impl PullJob<'_> {
         let mut files = Vec::new();
         for (path, len) in &self.layout.files {
             let full = self.partial.join(path);
+            if let Some(parent) = full.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
             let secret = path.starts_with(SECRETS) || path.ends_with(crate::image::STATE);
             let file = fs::OpenOptions::new()
                 .create(true)
