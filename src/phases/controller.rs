@@ -298,6 +298,9 @@ async fn cached_snapshot(
         return Ok(m);
     }
     let started = std::time::Instant::now();
+    eprintln!(
+        "cygvm: making the controller VM's snapshot for this host (once per cygvm, kernel and QEMU version; later runs revive it)"
+    );
     tracing::info!("making the controller VM's snapshot in {}", dir.display());
     let builder = Builder::new(&dir, CONTROLLER_MEMORY_MIB << 20)?;
     let empty = run_dir.join("controller-snapshot.empty");

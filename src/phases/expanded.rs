@@ -191,6 +191,9 @@ pub async fn expand(
             need >> 20
         );
     }
+    eprintln!(
+        "cygvm: expanding the snapshot of {describes} for this host (once; later runs map it)"
+    );
     let started = std::time::Instant::now();
     let builder = Builder::new(&key.dir, spec.memory_mib << 20)?;
     let run_dir = sup.run_dir().path().to_path_buf();
