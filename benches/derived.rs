@@ -16,100 +16,32 @@
 
 #[path = "support/perfdoc.rs"]
 mod perfdoc;
+#[path = "support/standin.rs"]
+mod standin;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use standin::{BenchImage, allocated, median, mib, timed};
 
 const ROUNDS: usize = 5;
 
 fn main() {
-    if cfg!(debug_assertions) {
-        println!(
-            "derived: skipped in an unoptimized build (cargo test); run `cargo bench --bench derived`"
-        );
-        return;
-    }
-    if let Err(e) = bench() {
-        eprintln!("derived failed: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn timed(cmd: &mut Command) -> Result<(Duration, String)> {
-    let started = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output()?;
-    let took = started.elapsed();
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Bytes allocated under `path` (files are sparse).
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(md) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if md.is_dir() {
-        std::fs::read_dir(path)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| allocated(&e.path()))
-            .sum()
-    } else {
-        md.blocks() * 512
-    }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
+    standin::main_of("derived", bench);
 }
 
 fn bench() -> Result<()> {
-    let ws = tempfile::Builder::new()
-        .prefix("cygvm-bench-derived-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-    let dir = ws.path();
-    let mirror = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standin/mirror");
-    std::fs::write(
-        dir.join("cygvm.toml"),
-        format!(
-            "[image]\nname = \"bench\"\ndir = \"images\"\n\n[guest]\nos = \"linux-standin\"\n\
-             memory = \"512M\"\ncpus = 1\ndisk = \"1G\"\n\n[cygwin]\nmirror = \"{}\"\npackages = [\"openssh\"]\n",
-            mirror.display()
-        ),
-    )?;
-    // The expanded snapshots go to a cache of this benchmark's own, so
-    // their size can be read.
-    let cache = dir.join("cache");
-    let cygvm = env!("CARGO_BIN_EXE_cygvm");
-    let cli = || {
-        let mut cmd = Command::new(cygvm);
-        cmd.current_dir(dir).env("XDG_CACHE_HOME", &cache);
-        cmd
-    };
-    timed(cli().args(["install", "--config", "cygvm.toml"]))?;
-    let image = dir.join("images/bench");
+    // The expanded snapshots go to the image's own cache, so their size
+    // can be read.
+    let ws = BenchImage::new("bench", "512M", "\"openssh\"")?;
+    let cache = ws.cache();
+    ws.install()?;
+    let image = ws.image();
     let run = |packages: Option<&str>| {
-        let mut cmd = cli();
-        cmd.args(["run", "--image"]).arg(&image);
-        if let Some(p) = packages {
-            cmd.args(["--packages", p]);
-        }
-        cmd.args(["--", "echo", "first"]);
-        timed(&mut cmd)
+        let extra = packages.map_or(Vec::new(), |p| vec!["--packages", p]);
+        timed(&mut ws.run_cmd(&extra, &["echo", "first"]))
     };
-    let expanded = cache.join("cygvm/expanded");
+    let expanded = cache.join("expanded");
     let expanded_before = allocated(&expanded);
 
     // Warm the plain revive's expanded snapshot and the host's caches.

@@ -16,10 +16,12 @@
 
 #[path = "support/perfdoc.rs"]
 mod perfdoc;
+#[path = "support/standin.rs"]
+mod standin;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -33,125 +35,51 @@ use cygvm::phases::migration::wait_migration;
 use cygvm::secrets::ImageSecrets;
 use cygvm::vm::supervisor::{Supervisor, SupervisorOptions};
 use cygvm::vm::vde::VdeSwitch;
+use standin::{BenchImage, median, timed};
 
 const RUNS: usize = 5;
 
 fn main() {
-    if cfg!(debug_assertions) {
-        println!(
-            "revive: skipped in an unoptimized build (cargo test); run `cargo bench --bench revive`"
-        );
-        return;
-    }
-    if let Err(e) = bench() {
-        eprintln!("revive failed: {e:#}");
-        std::process::exit(1);
-    }
+    standin::main_of("revive", bench);
 }
 
-struct Workspace {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    name: String,
+/// A stand-in image with `memory`, installed, with a cache of its own.
+fn installed(name: &str, memory: &str, packages: &str) -> Result<BenchImage> {
+    let ws = BenchImage::new(name, memory, packages)?;
+    ws.install()?;
+    Ok(ws)
 }
 
-impl Workspace {
-    /// A stand-in image with `memory`, installed; its own cache dir.
-    fn install(name: &str, memory: &str, packages: &str) -> Result<Self> {
-        let tmp = tempfile::Builder::new()
-            .prefix("cygvm-bench-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-        let dir = tmp.path().to_path_buf();
-        let mirror = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standin/mirror");
-        std::fs::write(
-            dir.join("cygvm.toml"),
-            format!(
-                "[image]\nname = \"{name}\"\ndir = \"images\"\nkeep = 1\n\n[guest]\nos = \"linux-standin\"\n\
-                 memory = \"{memory}\"\ncpus = 1\ndisk = \"1G\"\n\n[cygwin]\nmirror = \"{}\"\n\
-                 packages = [{packages}]\n\n[provision]\ncommands = [\"echo provisioned > ~/provisioned\"]\n",
-                mirror.display()
-            ),
-        )?;
-        let ws = Self {
-            _tmp: tmp,
-            dir,
-            name: name.to_string(),
-        };
-        let out = ws
-            .cygvm()
-            .args(["install", "--config", "cygvm.toml"])
-            .output()?;
-        if !out.status.success() {
-            bail!("install failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(ws)
+/// Wall time from starting `cygvm run` to the first byte of its output.
+fn time_to_output(ws: &BenchImage, extra: &[&str]) -> Result<Duration> {
+    let started = Instant::now();
+    let mut child = ws
+        .run_cmd(extra, &["echo", "first"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut first = [0u8];
+    child
+        .stdout
+        .take()
+        .context("no stdout")?
+        .read_exact(&mut first)
+        .context("no output")?;
+    let took = started.elapsed();
+    let out = child.wait_with_output()?;
+    if !out.status.success() || first != *b"f" {
+        bail!("run failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-
-    fn image(&self) -> PathBuf {
-        self.dir.join("images").join(&self.name)
-    }
-
-    fn cygvm(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cygvm"));
-        cmd.current_dir(&self.dir)
-            .env("XDG_CACHE_HOME", self.dir.join("cache"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run_cmd(&self, extra: &[&str], command: &[&str]) -> Command {
-        let mut cmd = self.cygvm();
-        cmd.arg("run")
-            .args(extra)
-            .arg("--image")
-            .arg(self.image())
-            .arg("--")
-            .args(command);
-        cmd
-    }
-
-    /// Wall time from starting `cygvm run` to the first byte of its output.
-    fn time_to_output(&self, extra: &[&str]) -> Result<Duration> {
-        let started = Instant::now();
-        let mut child = self
-            .run_cmd(extra, &["echo", "first"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut first = [0u8];
-        child
-            .stdout
-            .take()
-            .context("no stdout")?
-            .read_exact(&mut first)
-            .context("no output")?;
-        let took = started.elapsed();
-        let out = child.wait_with_output()?;
-        if !out.status.success() || first != *b"f" {
-            bail!("run failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(took)
-    }
-
-    fn refresh(&self, command: &str) -> Result<()> {
-        let out = self
-            .cygvm()
-            .arg("refresh")
-            .arg("--image")
-            .arg(self.image())
-            .args(["--", "sh", "-c", command])
-            .output()?;
-        if !out.status.success() {
-            bail!("refresh failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
+    Ok(took)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+fn refresh(ws: &BenchImage, command: &str) -> Result<()> {
+    let mut cmd = ws.cygvm();
+    cmd.arg("refresh")
+        .arg("--image")
+        .arg(ws.image())
+        .args(["--", "sh", "-c", command]);
+    timed(&mut cmd).map(|_| ())
 }
 
 fn secs(d: Duration) -> String {
@@ -180,19 +108,19 @@ fn bench() -> Result<()> {
     );
 
     // 1. The README's stand-in image.
-    let readme = Workspace::install(
+    let readme = installed(
         "standin",
         "512M",
         "\"openssh\", \"make\", \"cygvm-example-package-with-a-long-name-debuginfo\"",
     )?;
     let revived = median(
         (0..RUNS)
-            .map(|_| readme.time_to_output(&[]))
+            .map(|_| time_to_output(&readme, &[]))
             .collect::<Result<_>>()?,
     );
     let cold = median(
         (0..3)
-            .map(|_| readme.time_to_output(&["--cold"]))
+            .map(|_| time_to_output(&readme, &["--cold"]))
             .collect::<Result<_>>()?,
     );
     doc.push_str(&format!(
@@ -207,16 +135,16 @@ fn bench() -> Result<()> {
     drop(readme);
 
     // 2 and 3. A 4 GiB guest whose touched memory grows.
-    let big = Workspace::install("big", "4G", "\"openssh\"")?;
+    let big = installed("big", "4G", "\"openssh\"")?;
     let mut rows = Vec::new();
     let mut at_1400 = None;
     let mut filled = 0;
     for target in [512u32, 1434, 3072] {
-        big.refresh(&fill(target - filled))?;
+        refresh(&big, &fill(target - filled))?;
         filled = target;
         let touched = touched_mib(&big)?;
         let times: Vec<Duration> = (0..RUNS)
-            .map(|_| big.time_to_output(&[]))
+            .map(|_| time_to_output(&big, &[]))
             .collect::<Result<_>>()?;
         let t = median(times);
         rows.push((target, touched, t));
@@ -279,7 +207,7 @@ fn bench() -> Result<()> {
 }
 
 /// The current generation's migration stream length, MiB.
-fn touched_mib(ws: &Workspace) -> Result<u64> {
+fn touched_mib(ws: &BenchImage) -> Result<u64> {
     let generation = ImageDir::new(ws.image()).current()?;
     let manifest = cygvm::snapshot::Manifest::load(&generation.manifest())?;
     Ok(manifest.state.context("no state")?.stream_len >> 20)
@@ -287,7 +215,7 @@ fn touched_mib(ws: &Workspace) -> Result<u64> {
 
 /// Starts `n` runs that read the filled memory and then wait; sums the
 /// guests' PSS while all run.
-fn parallel_pss(ws: &Workspace, n: usize) -> Result<(u64, Vec<u64>)> {
+fn parallel_pss(ws: &BenchImage, n: usize) -> Result<(u64, Vec<u64>)> {
     // Each run reads all the filled memory, says so, and waits until the
     // host has measured (a file in its input directory).
     let release = ws.dir.join("pss-release");

@@ -19,9 +19,10 @@
 
 #[path = "support/perfdoc.rs"]
 mod perfdoc;
+#[path = "support/standin.rs"]
+mod standin;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -39,6 +40,7 @@ use cygvm::secrets::ImageSecrets;
 use cygvm::snapshot::StateSummary;
 use cygvm::vm::supervisor::{Supervisor, SupervisorOptions};
 use cygvm::vm::vde::VdeSwitch;
+use standin::{BenchImage, timed};
 
 const FILL: &str = "set -e; mkdir -p /mnt/fill; mount -t tmpfs -o size=1600m tmpfs /mnt/fill; \
     dd if=/dev/urandom of=/mnt/fill/random bs=1M count=700 2>/dev/null; \
@@ -47,16 +49,7 @@ const FILL: &str = "set -e; mkdir -p /mnt/fill; mount -t tmpfs -o size=1600m tmp
     sync; free -m | sed -n 2p";
 
 fn main() {
-    if cfg!(debug_assertions) {
-        println!(
-            "snapshot_vm: skipped in an unoptimized build (cargo test); run `cargo bench --bench snapshot_vm`"
-        );
-        return;
-    }
-    if let Err(e) = bench() {
-        eprintln!("snapshot_vm failed: {e:#}");
-        std::process::exit(1);
-    }
+    standin::main_of("snapshot_vm", bench);
 }
 
 struct Method {
@@ -68,36 +61,15 @@ struct Method {
 }
 
 fn bench() -> Result<()> {
-    let ws = tempfile::Builder::new()
-        .prefix("cygvm-bench-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-    let dir = ws.path();
-    let mirror = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standin/mirror");
-    std::fs::write(
-        dir.join("cygvm.toml"),
-        format!(
-            "[image]\nname = \"bench\"\ndir = \"images\"\n\n[guest]\nos = \"linux-standin\"\n\
-             memory = \"2G\"\ncpus = 1\ndisk = \"1G\"\n\n[cygwin]\nmirror = \"{}\"\npackages = [\"openssh\"]\n",
-            mirror.display()
-        ),
-    )?;
-    let cygvm = env!("CARGO_BIN_EXE_cygvm");
+    let ws = BenchImage::new("bench", "2G", "\"openssh\"")?;
+    let dir = ws.dir.as_path();
 
     // The stand-in through the CLI: install, cold run, revived run.
-    let (install, _) = timed_cli(Command::new(cygvm).current_dir(dir).args([
-        "install",
-        "--config",
-        "cygvm.toml",
-    ]))?;
-    let image = dir.join("images/bench");
+    let install = ws.install()?;
+    let image = ws.image();
     let run = |cold: bool| {
-        let mut cmd = Command::new(cygvm);
-        cmd.current_dir(dir).args(["run", "--image"]).arg(&image);
-        if cold {
-            cmd.arg("--cold");
-        }
-        cmd.args(["--", "echo", "first"]);
-        timed_cli(&mut cmd)
+        let extra: &[&str] = if cold { &["--cold"] } else { &[] };
+        timed(&mut ws.run_cmd(extra, &["echo", "first"]))
     };
     let (cold, _) = run(true)?;
     let (revived, _) = run(false)?;
@@ -165,17 +137,6 @@ fn bench() -> Result<()> {
     print!("{doc}");
     perfdoc::write_section("snapshot_vm", &doc);
     Ok(())
-}
-
-/// Runs a CLI command; returns its wall time and stdout.
-fn timed_cli(cmd: &mut Command) -> Result<(Duration, String)> {
-    let started = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output()?;
-    let took = started.elapsed();
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn file_size(path: &Path) -> Result<u64> {

@@ -11,6 +11,9 @@
 #[path = "support/perfdoc.rs"]
 mod perfdoc;
 
+#[path = "support/standin.rs"]
+mod standin;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,16 +28,7 @@ use cygvm::vm::qemu::{DirectBoot, Firmware, VmSpec};
 const READY: &str = "cygvm-standin: ready";
 
 fn main() {
-    if cfg!(debug_assertions) {
-        println!(
-            "standin_boot: skipped in unoptimized builds (run `cargo bench --bench standin_boot`)"
-        );
-        return;
-    }
-    if let Err(e) = bench() {
-        eprintln!("standin_boot: {e:#}");
-        std::process::exit(1);
-    }
+    standin::main_of("standin_boot", bench);
 }
 
 struct Image {
