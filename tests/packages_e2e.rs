@@ -16,7 +16,7 @@ use workspace::{Workspace, text, vm_lock};
 /// One installed image shared by the tests of this file.
 fn shared() -> &'static Workspace {
     static WS: OnceLock<Workspace> = OnceLock::new();
-    WS.get_or_init(|| Workspace::installed("pkgs"))
+    WS.get_or_init(|| Workspace::installed("pkgs").removed_at_exit())
 }
 
 /// How many times setup has run in the guest: the install's run, plus one

@@ -19,7 +19,9 @@ use workspace::{Workspace, text, vm_lock};
 fn shared() -> &'static Workspace {
     static WS: OnceLock<Workspace> = OnceLock::new();
     WS.get_or_init(|| {
-        let ws = Workspace::new("cache", "").with_own_cache();
+        let ws = Workspace::new("cache", "")
+            .with_own_cache()
+            .removed_at_exit();
         let out = ws.install();
         assert!(
             out.status.success(),

@@ -15,7 +15,7 @@ use workspace::{Workspace, text, vm_lock};
 
 fn shared() -> &'static Workspace {
     static WS: OnceLock<Workspace> = OnceLock::new();
-    WS.get_or_init(|| Workspace::installed("snap"))
+    WS.get_or_init(|| Workspace::installed("snap").removed_at_exit())
 }
 
 fn unix_now() -> i64 {

@@ -17,7 +17,7 @@ use workspace::{Workspace, text, vm_lock};
 /// One installed image shared by the tests that only run commands in it.
 fn shared() -> &'static Workspace {
     static WS: OnceLock<Workspace> = OnceLock::new();
-    WS.get_or_init(|| Workspace::installed("e2e"))
+    WS.get_or_init(|| Workspace::installed("e2e").removed_at_exit())
 }
 
 #[test]

@@ -28,6 +28,22 @@ pub fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn remove_at_exit(path: PathBuf) {
+    static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_all() {
+        let paths = std::mem::take(&mut *PATHS.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in paths {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+    // SAFETY: registers a plain function to run at exit.
+    REGISTER.call_once(|| unsafe {
+        libc::atexit(remove_all);
+    });
+    PATHS.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+}
+
 impl Workspace {
     /// `extra_guest` is appended to the `[guest]` table (and may open new tables).
     pub fn new(name: &str, extra_guest: &str) -> Self {
@@ -58,6 +74,14 @@ impl Workspace {
         let cache = self.path().join("cache");
         std::fs::create_dir_all(&cache).unwrap();
         self.cache = Some(cache);
+        self
+    }
+
+    /// For a workspace kept in a static (shared by a binary's tests):
+    /// statics are never dropped, so its directory is removed when the
+    /// test binary exits instead.
+    pub fn removed_at_exit(self) -> Self {
+        remove_at_exit(self.path().to_path_buf());
         self
     }
 
