@@ -654,6 +654,190 @@ fn store_prune_removes_what_was_not_used_and_never_what_a_run_holds() {
     assert!(dir(&pinned[0]).join("current/disk.qcow2").exists());
 }
 
+/// A `pass` password store with a GnuPG key of its own, under `dir`, for
+/// `docker-credential-pass`; its gpg-agent is stopped when dropped.
+struct PassStore {
+    gnupg: PathBuf,
+    store: PathBuf,
+}
+
+impl PassStore {
+    fn new(dir: &Path) -> Self {
+        let gnupg = dir.join("gnupg");
+        let store = dir.join("password-store");
+        std::fs::create_dir(&gnupg).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let this = Self { gnupg, store };
+        let made = this
+            .command("gpg")
+            .args(["--batch", "--passphrase", "", "--quick-gen-key"])
+            .args([
+                "cygvm test <cygvm-test@localhost>",
+                "default",
+                "default",
+                "never",
+            ])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made.stderr));
+        let keys = this
+            .command("gpg")
+            .args(["--list-keys", "--with-colons"])
+            .output()
+            .unwrap();
+        let listed = text(&keys.stdout);
+        let fingerprint = listed
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.trim_matches(':').rsplit(':').next())
+            .expect("the new key's fingerprint")
+            .to_string();
+        let init = this
+            .command("pass")
+            .args(["init", &fingerprint])
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{}", text(&init.stderr));
+        this
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("GNUPGHOME", &self.gnupg)
+            .env("PASSWORD_STORE_DIR", &self.store);
+        cmd
+    }
+
+    /// `docker-credential-pass store`, as `docker login` does with
+    /// `"credsStore": "pass"`.
+    fn keep(&self, registry: &str, user: &str, secret: &str) {
+        use std::io::Write;
+        let mut child = self
+            .command("docker-credential-pass")
+            .arg("store")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        write!(
+            child.stdin.take().unwrap(),
+            r#"{{"ServerURL": "{registry}", "Username": "{user}", "Secret": "{secret}"}}"#
+        )
+        .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+impl Drop for PassStore {
+    fn drop(&mut self) {
+        let _ = self.command("gpgconf").args(["--kill", "all"]).status();
+    }
+}
+
+#[test]
+fn credentials_come_from_a_docker_credential_helper() {
+    require_registry!();
+    for tool in ["docker-credential-pass", "pass", "gpg", "htpasswd"] {
+        if let Err(e) = Command::new(tool).arg("--version").output() {
+            eprintln!(
+                "skipped: {tool} cannot run ({e}); scripts/install-deps installs golang-docker-credential-helpers, pass, gnupg and apache2-utils"
+            );
+            return;
+        }
+    }
+    let reg = TestRegistry::with_user("builder", "kept-by-pass");
+    let here = Host::new();
+    let pass = PassStore::new(here.path());
+    let image = make_image(here.path(), 1, 40);
+    let target = format!("{}/helped", reg.addr);
+    let docker = here.path().join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let config = docker.join("config.json");
+    let with_pass = |cmd: &mut Command| {
+        cmd.env("GNUPGHOME", &pass.gnupg)
+            .env("PASSWORD_STORE_DIR", &pass.store);
+    };
+
+    // docker login with "credsStore": "pass" leaves an empty auths entry
+    // and the password in the store.
+    pass.keep(&reg.addr, "builder", "kept-by-pass");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths": {{"{}": {{}}}}, "credsStore": "pass"}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let mut push = here.cygvm();
+    with_pass(&mut push);
+    let out = push
+        .args(["push", "--plain-http", "--image"])
+        .arg(&image)
+        .arg(&target)
+        .output()
+        .unwrap();
+    let pinned = pushed_ref(&out);
+
+    // A helper for this registry only (credHelpers), on another host.
+    let there = Host::new();
+    std::fs::create_dir_all(there.path().join(".docker")).unwrap();
+    std::fs::write(
+        there.path().join(".docker/config.json"),
+        format!(r#"{{"credHelpers": {{"{}": "pass"}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let mut pull = there.cygvm();
+    with_pass(&mut pull);
+    let out = pull
+        .args(["pull", "--plain-http", &pinned])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A wrong password in the helper's store: named with the helper.
+    pass.keep(&reg.addr, "builder", "not-the-password");
+    let elsewhere = Host::new();
+    let mut pull = elsewhere.cygvm();
+    with_pass(&mut pull);
+    let out = pull
+        .env("REGISTRY_AUTH_FILE", &config)
+        .args(["pull", "--plain-http", &pinned])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "registry {} refused the credentials of user \"builder\" from docker-credential-pass (named in {})",
+            reg.addr,
+            config.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+
+    // A helper that is not installed.
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths": {{"{}": {{}}}}, "credsStore": "cygvm-missing"}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let out = here.pull_with(&config, &pinned);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{} names the credential helper docker-credential-cygvm-missing, which cannot run",
+            config.display()
+        )),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn an_unknown_tag_and_a_plain_http_registry_without_the_flag_are_clear_errors() {
     require_registry!();

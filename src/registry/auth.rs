@@ -3,9 +3,12 @@
 //!
 //! Looked up, first match wins: `$REGISTRY_AUTH_FILE`, then podman's
 //! `$XDG_RUNTIME_DIR/containers/auth.json`, then docker's
-//! `$DOCKER_CONFIG/config.json` (default `~/.docker/config.json`); in each,
-//! `auths.<host>.auth` is base64 of `user:password`. Credentials are never
-//! printed: their `Debug` shows the user and the file only.
+//! `$DOCKER_CONFIG/config.json` (default `~/.docker/config.json`). In each,
+//! as docker reads them: a credential helper named for the host in
+//! `credHelpers`, else the one in `credsStore` (both run as
+//! `docker-credential-NAME get`, the host on stdin, JSON on stdout), else
+//! `auths.<host>.auth`, base64 of `user:password`. Credentials are never
+//! printed: their `Debug` shows the user and where they came from only.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +24,12 @@ pub enum CredentialsError {
     },
     #[error("{path} is not a credentials file ({reason})")]
     Parse { path: PathBuf, reason: String },
+    #[error("{path} names the credential helper {helper}, which cannot run: {reason}")]
+    Helper {
+        path: PathBuf,
+        helper: String,
+        reason: String,
+    },
 }
 
 /// A user and password for one registry.
@@ -28,8 +37,9 @@ pub enum CredentialsError {
 pub struct Credentials {
     pub user: String,
     password: String,
-    /// The file they came from, for messages.
-    pub source: PathBuf,
+    /// Where they came from, for messages: a file, or a credential helper
+    /// and the file naming it.
+    pub source: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -89,6 +99,15 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>, CredentialsError> {
     Ok(None)
 }
 
+/// Whether a key of `auths` or `credHelpers` (`host`, `host:port`, or a
+/// URL such as `https://host/v1/`) names `registry`.
+fn names_registry(key: &str, registry: &str) -> bool {
+    let k = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    k.split('/').next() == Some(registry)
+}
+
 fn from_file(
     path: &Path,
     text: &[u8],
@@ -99,17 +118,20 @@ fn from_file(
         reason,
     };
     let json: serde_json::Value = serde_json::from_slice(text).map_err(|e| parse(e.to_string()))?;
+    let helper = json
+        .get("credHelpers")
+        .and_then(|h| h.as_object())
+        .and_then(|h| h.iter().find(|(key, _)| names_registry(key, registry)))
+        .and_then(|(_, name)| name.as_str())
+        .or_else(|| json.get("credsStore").and_then(|s| s.as_str()))
+        .filter(|name| !name.is_empty());
+    if let Some(helper) = helper {
+        return from_helper(path, helper, registry);
+    }
     let Some(auths) = json.get("auths").and_then(|a| a.as_object()) else {
         return Ok(None);
     };
-    // Keys are written as `host`, `host:port`, or a URL such as
-    // `https://host/v1/`.
-    let entry = auths.iter().find(|(key, _)| {
-        let k = key
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        k.split('/').next() == Some(registry)
-    });
+    let entry = auths.iter().find(|(key, _)| names_registry(key, registry));
     let Some((key, entry)) = entry else {
         return Ok(None);
     };
@@ -127,7 +149,82 @@ fn from_file(
     Ok(Some(Credentials {
         user: user.to_string(),
         password: password.to_string(),
-        source: path.to_path_buf(),
+        source: path.display().to_string(),
+    }))
+}
+
+/// What a credential helper's `get` prints.
+#[derive(serde::Deserialize)]
+struct HelperAnswer {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// Asks `docker-credential-HELPER get` (named in `path`) for `registry`'s
+/// credentials, as docker does: the host on stdin, JSON on stdout, and a
+/// failure saying "credentials not found" when it has none.
+fn from_helper(
+    path: &Path,
+    helper: &str,
+    registry: &str,
+) -> Result<Option<Credentials>, CredentialsError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let program = format!("docker-credential-{helper}");
+    let failed = |reason: String| CredentialsError::Helper {
+        path: path.to_path_buf(),
+        helper: program.clone(),
+        reason,
+    };
+    if helper.contains('/') {
+        return Err(failed("a helper's name cannot hold a '/'".into()));
+    }
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("{e} (is it installed and on PATH?)")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading is judged by its answer.
+        let _ = stdin.write_all(registry.as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let said = format!("{stdout} {}", String::from_utf8_lossy(&out.stderr));
+        if said.to_ascii_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(failed(format!(
+            "`{program} get` ended with {}: {}",
+            out.status,
+            said.trim()
+        )));
+    }
+    let answer: HelperAnswer = serde_json::from_str(stdout.trim()).map_err(|e| {
+        failed(format!(
+            "`{program} get` did not answer JSON with Username and Secret: {e}"
+        ))
+    })?;
+    // Older helpers answer an unknown host with empty fields.
+    if answer.username.is_empty() && answer.secret.is_empty() {
+        return Ok(None);
+    }
+    if answer.username == "<token>" {
+        return Err(failed(format!(
+            "it holds an identity token for {registry}, which cygvm cannot use; store a user and password or access token instead"
+        )));
+    }
+    Ok(Some(Credentials {
+        user: answer.username,
+        password: answer.secret,
+        source: format!("{program} (named in {})", path.display()),
     }))
 }
 
@@ -204,6 +301,25 @@ mod tests {
         );
         let err = from_file(path, br#"{"auths": {"h": {"auth": "!!"}}}"#, "h").unwrap_err();
         assert!(err.to_string().contains("not base64"), "{err}");
+    }
+
+    #[test]
+    fn a_helper_that_cannot_run_is_named_with_the_file_naming_it() {
+        let path = Path::new("/x/config.json");
+        let text = br#"{"auths": {"h:1": {}}, "credsStore": "cygvm-no-such-helper"}"#;
+        let err = from_file(path, text, "h:1").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "/x/config.json names the credential helper docker-credential-cygvm-no-such-helper, which cannot run"
+            ),
+            "{err}"
+        );
+        let text = br#"{"credHelpers": {"h:1": "../../bin/sh"}}"#;
+        let err = from_file(path, text, "h:1").unwrap_err().to_string();
+        assert!(err.contains("cannot hold a '/'"), "{err}");
+        // A helper for another host is not asked.
+        let text = br#"{"credHelpers": {"other:1": "cygvm-no-such-helper"}}"#;
+        assert!(from_file(path, text, "h:1").unwrap().is_none());
     }
 
     #[test]

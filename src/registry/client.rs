@@ -256,7 +256,7 @@ impl RegistryClient {
             Some(c) => RegistryError::BadCredentials {
                 registry: self.registry.clone(),
                 user: c.user.clone(),
-                file: c.source.display().to_string(),
+                file: c.source.clone(),
             },
             None => RegistryError::NeedsCredentials {
                 registry: self.registry.clone(),
