@@ -165,3 +165,37 @@ pub fn remove(root: &Path, names: &[String], all: bool) -> Result<String> {
     }
     Ok(out)
 }
+
+/// `cygvm cache prune`: the expanded snapshots that serve no image, and
+/// with `unused_for` the snapshots of either kind unused that long. One a
+/// run is making is left alone; one a run has mapped keeps its pages until
+/// the run ends.
+pub fn prune(root: &Path, unused_for: Option<std::time::Duration>) -> String {
+    let never = std::time::Duration::MAX;
+    let mut out = String::new();
+    for (sub, kind) in KINDS {
+        let serve_nothing = |dir: &Path, meta: &MappedMeta| {
+            kind == "guest" && crate::phases::expanded::serves_nothing(dir, meta)
+        };
+        let sizes: Vec<(PathBuf, u64)> = mapped::list(&root.join(sub))
+            .into_iter()
+            .map(|(dir, _)| {
+                let bytes = Mapped::disk_usage(&dir);
+                (dir, bytes)
+            })
+            .collect();
+        for dir in mapped::prune(
+            &root.join(sub),
+            Path::new(""),
+            unused_for.unwrap_or(never),
+            serve_nothing,
+        ) {
+            let bytes = sizes.iter().find(|(d, _)| *d == dir).map_or(0, |(_, b)| *b);
+            out.push_str(&format!("removed {} ({})\n", dir.display(), mib(bytes)));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("nothing to remove\n");
+    }
+    out
+}

@@ -325,8 +325,35 @@ fn an_expanded_snapshot_whose_image_is_gone_goes_when_the_next_is_made() {
     let err = text(&out.stderr);
     assert!(err.contains("removed the expanded snapshot"), "{err}");
     assert!(!orphan.exists());
-    assert_eq!(snapshots(ws, "expanded"), vec![dir]);
+    assert_eq!(snapshots(ws, "expanded"), vec![dir.clone()]);
     assert!(!text(&cache(&["list"]).stdout).contains("no image holds its state.gz"));
+
+    // `cygvm cache prune` takes such a snapshot away at once, and nothing
+    // an image still uses.
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(&orphan)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    set_meta(
+        &orphan,
+        "image",
+        &ws.path().join("images/deleted").to_string_lossy(),
+    );
+    let controller = snapshots(ws, "controller");
+    let pruned = cache(&["prune"]);
+    assert!(pruned.status.success(), "{}", text(&pruned.stderr));
+    assert!(
+        text(&pruned.stdout).starts_with(&format!("removed {}", orphan.display())),
+        "{}",
+        text(&pruned.stdout)
+    );
+    assert!(!orphan.exists());
+    assert_eq!(snapshots(ws, "expanded"), vec![dir]);
+    assert_eq!(snapshots(ws, "controller"), controller);
+    assert_eq!(text(&cache(&["prune"]).stdout), "nothing to remove\n");
 }
 
 #[test]

@@ -75,7 +75,7 @@ pub enum Command {
     /// expanded guest snapshots).
     #[command(
         subcommand,
-        after_help = "Examples:\n  cygvm cache list\n  cygvm cache verify\n  cygvm cache remove --all\n\nThe caches live in $XDG_CACHE_HOME/cygvm (~/.cache/cygvm). Everything in\nthem is made again by the next run that needs it."
+        after_help = "Examples:\n  cygvm cache list\n  cygvm cache verify\n  cygvm cache prune --unused-for 30\n  cygvm cache remove --all\n\nThe caches live in $XDG_CACHE_HOME/cygvm (~/.cache/cygvm). Everything in\nthem is made again by the next run that needs it."
     )]
     Cache(CacheCommand),
     /// Build a Cygwin package from its .cygport, with its build
@@ -160,6 +160,13 @@ pub enum CacheCommand {
         names: Vec<String>,
         #[arg(long)]
         all: bool,
+    },
+    /// Remove the expanded snapshots no image holds any more (what the
+    /// next snapshot made would remove anyway), and with --unused-for
+    /// those of either kind no run has used for that long.
+    Prune {
+        #[arg(long, value_name = "DAYS")]
+        unused_for: Option<u64>,
     },
 }
 
@@ -785,6 +792,10 @@ pub fn run() -> Result<ExitCode> {
                     CacheCommand::Verify => crate::cache::verify(&root)?,
                     CacheCommand::Remove { names, all } =>
                         crate::cache::remove(&root, &names, all)?,
+                    CacheCommand::Prune { unused_for } => crate::cache::prune(
+                        &root,
+                        unused_for.map(|d| std::time::Duration::from_secs(d * 86400))
+                    ),
                 }
             );
             Ok(ExitCode::SUCCESS)
