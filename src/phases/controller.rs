@@ -301,7 +301,7 @@ async fn cached_snapshot(
     eprintln!(
         "cygvm: making the controller VM's snapshot for this host (once per cygvm, kernel and QEMU version; later runs revive it)"
     );
-    tracing::info!("making the controller VM's snapshot in {}", dir.display());
+    tracing::info!("the controller VM's snapshot goes to {}", dir.display());
     let builder = Builder::new(&dir, CONTROLLER_MEMORY_MIB << 20)?;
     let empty = run_dir.join("controller-snapshot.empty");
     std::fs::create_dir_all(&empty)?;
