@@ -83,6 +83,17 @@ impl Host {
             .unwrap()
     }
 
+    /// A push (in 1 MiB slices) with the credentials in `auth_file`.
+    fn push_with(&self, auth_file: &Path, image: &Path, target: &str) -> Output {
+        self.cygvm()
+            .env("REGISTRY_AUTH_FILE", auth_file)
+            .args(["push", "--plain-http", "--slice-size", "1", "--image"])
+            .arg(image)
+            .arg(target)
+            .output()
+            .unwrap()
+    }
+
     /// A pull with the credentials in `auth_file`.
     fn pull_with(&self, auth_file: &Path, reference: &str) -> Output {
         self.cygvm()
@@ -91,6 +102,19 @@ impl Host {
             .output()
             .unwrap()
     }
+}
+
+/// A command that failed for want of credentials for `reg`.
+fn assert_needs_credentials(out: &Output, reg: &TestRegistry) {
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "registry {} wants credentials and none are stored for it",
+            reg.addr
+        )),
+        "{stderr}"
+    );
 }
 
 /// A command refused for the credentials of user "builder" in `auth_file`:
@@ -467,26 +491,10 @@ fn credentials_come_from_the_auth_file_and_a_wrong_password_is_named() {
     let target = format!("{}/synthetic", reg.addr);
 
     let out = here.push(&image, &target, &[]);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains(&format!(
-            "registry {} wants credentials and none are stored for it",
-            reg.addr
-        )),
-        "{stderr}"
-    );
+    assert_needs_credentials(&out, &reg);
 
     let good = reg.auth_file(here.path(), "builder", "right-horse-battery");
-    let out = here
-        .cygvm()
-        .env("REGISTRY_AUTH_FILE", &good)
-        .args(["push", "--plain-http", "--image"])
-        .arg(&image)
-        .arg(&target)
-        .output()
-        .unwrap();
-    let pinned = pushed_ref(&out);
+    let pinned = pushed_ref(&here.push_with(&good, &image, &target));
 
     let bad = reg.auth_file(here.path(), "builder", "wrong-password");
     let out = here.pull_with(&bad, &pinned);
@@ -514,28 +522,12 @@ fn a_registry_with_token_auth_gets_bearer_tokens_for_the_stored_credentials() {
 
     // The token service wants credentials; there are none.
     let out = here.push(&image, &target, &[]);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains(&format!(
-            "registry {} wants credentials and none are stored for it",
-            reg.addr
-        )),
-        "{stderr}"
-    );
+    assert_needs_credentials(&out, &reg);
 
     // With them (kept for the registry, sent to its token service), the
     // push gets a token that may push.
     let good = reg.auth_file(here.path(), "builder", "token-horse-staple");
-    let out = here
-        .cygvm()
-        .env("REGISTRY_AUTH_FILE", &good)
-        .args(["push", "--plain-http", "--slice-size", "1", "--image"])
-        .arg(&image)
-        .arg(&target)
-        .output()
-        .unwrap();
-    let pinned = pushed_ref(&out);
+    let pinned = pushed_ref(&here.push_with(&good, &image, &target));
     assert!(
         tokens
             .granted()

@@ -280,6 +280,23 @@ fn cache_verify_finds_a_changed_ram_page_and_remove_clears() {
     assert_eq!(snapshots(ws, "expanded").len(), 1);
 }
 
+/// What a deleted image leaves: a copy of the snapshot at `dir` made
+/// `orphan`, naming an image directory that is no more.
+fn orphan_of(ws: &Workspace, dir: &Path, orphan: &Path) {
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(dir)
+        .arg(orphan)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    set_meta(
+        orphan,
+        "image",
+        &ws.path().join("images/deleted").to_string_lossy(),
+    );
+}
+
 #[test]
 #[ignore = "boots QEMU under TCG; run by .ci/run with --include-ignored"]
 fn an_expanded_snapshot_whose_image_is_gone_goes_when_the_next_is_made() {
@@ -294,18 +311,7 @@ fn an_expanded_snapshot_whose_image_is_gone_goes_when_the_next_is_made() {
     // What a deleted image leaves: its generation's expanded snapshot,
     // naming an image directory that is no more.
     let orphan = dir.with_file_name("0123456789abcdef");
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(&dir)
-        .arg(&orphan)
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    set_meta(
-        &orphan,
-        "image",
-        &ws.path().join("images/deleted").to_string_lossy(),
-    );
+    orphan_of(ws, &dir, &orphan);
     let cache = |args: &[&str]| ws.cygvm().arg("cache").args(args).output().unwrap();
     let listed = text(&cache(&["list"]).stdout);
     let gone: Vec<&str> = listed
@@ -330,18 +336,7 @@ fn an_expanded_snapshot_whose_image_is_gone_goes_when_the_next_is_made() {
 
     // `cygvm cache prune` takes such a snapshot away at once, and nothing
     // an image still uses.
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(&dir)
-        .arg(&orphan)
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    set_meta(
-        &orphan,
-        "image",
-        &ws.path().join("images/deleted").to_string_lossy(),
-    );
+    orphan_of(ws, &dir, &orphan);
     let controller = snapshots(ws, "controller");
     let pruned = cache(&["prune"]);
     assert!(pruned.status.success(), "{}", text(&pruned.stderr));
