@@ -99,13 +99,37 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>, CredentialsError> {
     Ok(None)
 }
 
+/// The names Docker Hub goes by; `docker login` keeps its credentials
+/// under `https://index.docker.io/v1/`.
+const DOCKER_HUB: [&str; 4] = [
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
+
+pub fn is_docker_hub(registry: &str) -> bool {
+    DOCKER_HUB.contains(&registry)
+}
+
+/// The host that serves `registry`'s API: Docker Hub's is not `docker.io`.
+pub fn api_host(registry: &str) -> &str {
+    if is_docker_hub(registry) {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
+}
+
 /// Whether a key of `auths` or `credHelpers` (`host`, `host:port`, or a
 /// URL such as `https://host/v1/`) names `registry`.
 fn names_registry(key: &str, registry: &str) -> bool {
     let k = key
         .trim_start_matches("https://")
         .trim_start_matches("http://");
-    k.split('/').next() == Some(registry)
+    let host = k.split('/').next().unwrap_or("");
+    host == registry || (is_docker_hub(host) && is_docker_hub(registry))
 }
 
 fn from_file(
@@ -190,7 +214,12 @@ fn from_helper(
         .map_err(|e| failed(format!("{e} (is it installed and on PATH?)")))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading is judged by its answer.
-        let _ = stdin.write_all(registry.as_bytes());
+        let server = if is_docker_hub(registry) {
+            DOCKER_HUB_KEY
+        } else {
+            registry
+        };
+        let _ = stdin.write_all(server.as_bytes());
     }
     let out = child
         .wait_with_output()
@@ -284,7 +313,7 @@ mod tests {
     fn docker_config_entries_match_by_host_and_port() {
         let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:with-colon");
         let text = format!(
-            r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "eA=="}},
+            r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "eDp5"}},
                 "127.0.0.1:5000": {{"auth": "{auth}"}}}}}}"#
         );
         let path = Path::new("/x/config.json");
@@ -299,6 +328,13 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // Docker Hub's key, whichever of its names a reference uses.
+        for hub in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
+            let c = from_file(path, text.as_bytes(), hub).unwrap().unwrap();
+            assert_eq!(c.user, "x", "{hub}");
+            assert_eq!(api_host(hub), "registry-1.docker.io");
+        }
+        assert_eq!(api_host("127.0.0.1:5000"), "127.0.0.1:5000");
         let err = from_file(path, br#"{"auths": {"h": {"auth": "!!"}}}"#, "h").unwrap_err();
         assert!(err.to_string().contains("not base64"), "{err}");
     }

@@ -147,7 +147,7 @@ impl RegistryClient {
         let scheme = if plain_http { "http" } else { "https" };
         Ok(Self {
             agent,
-            base: format!("{scheme}://{}", reference.registry),
+            base: format!("{scheme}://{}", auth::api_host(&reference.registry)),
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             push,
