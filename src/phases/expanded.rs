@@ -150,8 +150,8 @@ pub async fn lock_then_open(
 pub struct ExpandSource {
     /// The state.gz to load (verified by whoever made this).
     pub state: PathBuf,
-    /// The image it belongs to: once that directory is gone, the expanded
-    /// form serves nothing and is pruned.
+    /// The image it belongs to, as an absolute path: once no image that
+    /// used the expanded form holds its state.gz, it is pruned.
     pub image: PathBuf,
     pub summary: StateSummary,
     pub key: ExpandedKey,
@@ -175,10 +175,9 @@ pub async fn expand(
         key,
         describes,
     } = source;
-    let image = std::path::absolute(image).unwrap_or_else(|_| image.clone());
     let (_lock, made) = lock_then_open(&key.dir, &key.key, &key.qemu_version).await?;
     if let Some(m) = made {
-        mapped::add_user(&m.dir, &image);
+        mapped::note_use(&m.dir, image);
         return Ok(m);
     }
     let (fs, free) = free_bytes(&key.dir)?;
@@ -213,7 +212,7 @@ pub async fn expand(
     result.with_context(|| format!("expanding the snapshot failed (QEMU: {status})"))?;
     let source = mapped::Source {
         sha256: &summary.sha256,
-        image: &image,
+        image,
     };
     let made = builder.commit(&key.key, describes, Some(source), &key.qemu_version)?;
     tracing::info!(

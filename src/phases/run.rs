@@ -222,10 +222,10 @@ impl Instance<'_> {
             .with_context(|| format!("cannot revive {}", self.generation.dir.display()))?;
         let key = ExpandedKey::new(&summary, &identity, spec.memory_mib);
         let expanded = key.lookup();
+        let image =
+            std::path::absolute(&self.opts.image).unwrap_or_else(|_| self.opts.image.clone());
         if let Some(m) = &expanded {
-            let image =
-                std::path::absolute(&self.opts.image).unwrap_or_else(|_| self.opts.image.clone());
-            crate::snapshot::mapped::add_user(&m.dir, &image);
+            crate::snapshot::mapped::note_use(&m.dir, &image);
         }
         // The expanded form was checked against this state.gz when it was
         // made; state.gz itself is read in full only without one. Its size
@@ -240,7 +240,7 @@ impl Instance<'_> {
         Ok(Some(Revive {
             source: ExpandSource {
                 state: self.generation.state(),
-                image: self.opts.image.clone(),
+                image,
                 summary,
                 key,
                 describes: format!(

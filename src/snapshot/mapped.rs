@@ -268,9 +268,14 @@ pub fn list(dir: &Path) -> Vec<(PathBuf, MappedMeta)> {
     out
 }
 
-fn lock_path(dir: &Path) -> PathBuf {
+/// `<name>.EXT` beside the snapshot directory `dir`.
+fn beside(dir: &Path, ext: &str) -> PathBuf {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    dir.with_file_name(format!("{name}.lock"))
+    dir.with_file_name(format!("{name}.{ext}"))
+}
+
+fn lock_path(dir: &Path) -> PathBuf {
+    beside(dir, "lock")
 }
 
 /// Records that `dir` was used now (its lock file's mtime), for
@@ -285,14 +290,15 @@ pub fn touch(dir: &Path) {
 }
 
 fn users_path(dir: &Path) -> PathBuf {
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    dir.with_file_name(format!("{name}.users"))
+    beside(dir, "users")
 }
 
-/// Records that `image` uses the snapshot at `dir`, in `<name>.users`
-/// beside it (one path a line): a snapshot serves every image holding the
-/// state.gz it was made from, not only the one that made it.
-pub fn add_user(dir: &Path, image: &Path) {
+/// Records that a run of `image` uses the snapshot at `dir` now: [`touch`]
+/// for [`prune`], and `image` in `<name>.users` beside it (one path a
+/// line), as a snapshot serves every image holding the state.gz it was
+/// made from, not only the one that made it.
+pub fn note_use(dir: &Path, image: &Path) {
+    touch(dir);
     let line = image.to_string_lossy();
     let path = users_path(dir);
     if fs::read_to_string(&path).is_ok_and(|s| s.lines().any(|l| l == line)) {
@@ -367,8 +373,7 @@ pub fn prune(
 pub fn lock(dir: &Path) -> Result<FileLock, MappedError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let path = parent.join(format!("{name}.lock"));
+    let path = lock_path(dir);
     FileLock::wait(&path, true).map_err(|e| MappedError::Io {
         action: "lock",
         path,
@@ -563,16 +568,17 @@ mod tests {
     #[test]
     fn unused_snapshots_are_pruned_and_used_ones_kept() {
         let tmp = tempfile::tempdir().unwrap();
-        let (old, used, new) = (
+        let (old, used, run, new) = (
             tmp.path().join("old"),
             tmp.path().join("used"),
+            tmp.path().join("run"),
             tmp.path().join("new"),
         );
-        for d in [&old, &used, &new] {
+        for d in [&old, &used, &run, &new] {
             made(d);
         }
         let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
-        for d in [&old, &used] {
+        for d in [&old, &used, &run] {
             File::options()
                 .write(true)
                 .open(lock_path(d))
@@ -581,6 +587,8 @@ mod tests {
                 .unwrap();
         }
         touch(&used);
+        // A run that revives from a snapshot counts as a use too.
+        note_use(&run, Path::new("/images/a"));
         let removed = prune(
             tmp.path(),
             &new,
@@ -588,7 +596,7 @@ mod tests {
             |_, _| false,
         );
         assert_eq!(removed, vec![old.clone()]);
-        assert!(!old.exists() && used.exists() && new.exists());
+        assert!(!old.exists() && used.exists() && run.exists() && new.exists());
     }
 
     #[test]
@@ -605,8 +613,8 @@ mod tests {
         let orphan = made_from(&snaps.join("orphan"), source(&maker)).dir;
         let shared = made_from(&snaps.join("shared"), source(&maker)).dir;
         let new = made(&snaps.join("new")).dir;
-        add_user(&shared, &user);
-        add_user(&shared, &user);
+        note_use(&shared, &user);
+        note_use(&shared, &user);
         let (_, meta) = list(&snaps)
             .into_iter()
             .find(|(d, _)| *d == shared)
