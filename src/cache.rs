@@ -177,20 +177,12 @@ pub fn prune(root: &Path, unused_for: Option<std::time::Duration>) -> String {
         let serve_nothing = |dir: &Path, meta: &MappedMeta| {
             kind == "guest" && crate::phases::expanded::serves_nothing(dir, meta)
         };
-        let sizes: Vec<(PathBuf, u64)> = mapped::list(&root.join(sub))
-            .into_iter()
-            .map(|(dir, _)| {
-                let bytes = Mapped::disk_usage(&dir);
-                (dir, bytes)
-            })
-            .collect();
-        for dir in mapped::prune(
+        for (dir, bytes) in mapped::prune(
             &root.join(sub),
             Path::new(""),
             unused_for.unwrap_or(never),
             serve_nothing,
         ) {
-            let bytes = sizes.iter().find(|(d, _)| *d == dir).map_or(0, |(_, b)| *b);
             out.push_str(&format!("removed {} ({})\n", dir.display(), mib(bytes)));
         }
     }

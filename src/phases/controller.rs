@@ -331,7 +331,7 @@ async fn cached_snapshot(
         "controller snapshot made in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    for old in mapped::prune(&cache_dir(), &made.dir, mapped::UNUSED_AGE, |_, _| false) {
+    for (old, _) in mapped::prune(&cache_dir(), &made.dir, mapped::UNUSED_AGE, |_, _| false) {
         tracing::info!("removed the unused controller snapshot {}", old.display());
     }
     Ok(made)

@@ -220,7 +220,7 @@ pub async fn expand(
         made.dir.display(),
         started.elapsed().as_secs_f64()
     );
-    for old in mapped::prune(&cache_dir(), &made.dir, mapped::UNUSED_AGE, serves_nothing) {
+    for (old, _) in mapped::prune(&cache_dir(), &made.dir, mapped::UNUSED_AGE, serves_nothing) {
         tracing::info!(
             "removed the expanded snapshot {} (unused, or no image holds its state.gz)",
             old.display()

@@ -338,13 +338,14 @@ pub fn discard(dir: &Path) -> io::Result<()> {
 /// Removes the snapshots under `parent`, other than `keep`, that nobody is
 /// making now and that either `serve_nothing` (their images were deleted)
 /// or were last used (made or [`touch`]ed) longer than `unused_for` ago
-/// (what a cygvm or QEMU upgrade leaves behind).
+/// (what a cygvm or QEMU upgrade leaves behind). Returns each removed one
+/// with the bytes it took on disk.
 pub fn prune(
     parent: &Path,
     keep: &Path,
     unused_for: std::time::Duration,
     serve_nothing: impl Fn(&Path, &MappedMeta) -> bool,
-) -> Vec<PathBuf> {
+) -> Vec<(PathBuf, u64)> {
     let mut removed = Vec::new();
     for (dir, meta) in list(parent) {
         if dir == keep {
@@ -359,11 +360,12 @@ pub fn prune(
         if !unused && !serve_nothing(&dir, &meta) {
             continue;
         }
+        let bytes = Mapped::disk_usage(&dir);
         if let Ok(Some(_held)) = FileLock::try_exclusive(&lock)
             && discard(&dir).is_ok()
         {
             let _ = fs::remove_file(&lock);
-            removed.push(dir);
+            removed.push((dir, bytes));
         }
     }
     removed
@@ -595,6 +597,7 @@ mod tests {
             std::time::Duration::from_secs(7 * 86400),
             |_, _| false,
         );
+        let removed: Vec<_> = removed.into_iter().map(|(d, _)| d).collect();
         assert_eq!(removed, vec![old.clone()]);
         assert!(!old.exists() && used.exists() && run.exists() && new.exists());
     }
@@ -629,6 +632,7 @@ mod tests {
             std::time::Duration::from_secs(7 * 86400),
             |d, m| users(d, m).iter().all(|u| !u.exists()),
         );
+        let removed: Vec<_> = removed.into_iter().map(|(d, _)| d).collect();
         assert_eq!(removed, vec![orphan.clone()]);
         assert!(!orphan.exists() && shared.exists() && new.exists());
         assert!(!snaps.join("orphan.lock").exists());
