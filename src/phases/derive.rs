@@ -216,7 +216,7 @@ fn build_derived(
     // The overlay becomes the derived generation's disk, naming its
     // backing file relative to itself.
     let overlay = pending.dir.join("overlay.qcow2");
-    rebase_relative(art, &overlay, Path::new("../../disk.qcow2"))?;
+    art.rebase_disk(&overlay, Path::new("../../disk.qcow2"))?;
     std::fs::rename(&overlay, pending.disk())
         .with_context(|| format!("cannot rename {}", overlay.display()))?;
     std::fs::remove_dir_all(&inputs)
@@ -337,23 +337,4 @@ async fn install_and_save(
     let identity = Identity::query(&running.guest, &running.spec).await?;
     let summary = save_state(&running.guest, &run_dir, state).await?;
     Ok((identity, summary))
-}
-
-/// `qemu-img rebase -u`: names `backing` (relative to the overlay) as the
-/// overlay's backing file without touching its data.
-fn rebase_relative(art: &HostArtifacts, overlay: &Path, backing: &Path) -> Result<()> {
-    let out = std::process::Command::new(&art.qemu_img)
-        .args(["rebase", "-u", "-F", "qcow2", "-b"])
-        .arg(backing)
-        .arg(overlay)
-        .output()
-        .with_context(|| format!("cannot run {}", art.qemu_img.display()))?;
-    if !out.status.success() {
-        bail!(
-            "qemu-img could not rebase {}: {}",
-            overlay.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

@@ -171,7 +171,7 @@ impl HostArtifacts {
         if backing.is_none() {
             args.push(size.to_string().into());
         }
-        self.qemu_img(&args, path)
+        self.qemu_img(&args, "write", path)
     }
 
     /// `qemu-img convert`: a disk and its backing chain into one standalone image.
@@ -184,17 +184,33 @@ impl HostArtifacts {
             source.into(),
             dest.into(),
         ];
-        self.qemu_img(&args, dest)
+        self.qemu_img(&args, "write", dest)
     }
 
-    fn qemu_img(&self, args: &[std::ffi::OsString], target: &Path) -> Result<()> {
+    /// `qemu-img rebase -u`: names `backing` (relative to the overlay) as
+    /// the overlay's backing file without touching its data.
+    pub fn rebase_disk(&self, overlay: &Path, backing: &Path) -> Result<()> {
+        let args: Vec<std::ffi::OsString> = vec![
+            "rebase".into(),
+            "-u".into(),
+            "-F".into(),
+            "qcow2".into(),
+            "-b".into(),
+            backing.into(),
+            overlay.into(),
+        ];
+        self.qemu_img(&args, "rebase", overlay)
+    }
+
+    /// Runs qemu-img; its failure says it could not `verb` `target`.
+    fn qemu_img(&self, args: &[std::ffi::OsString], verb: &str, target: &Path) -> Result<()> {
         let out = std::process::Command::new(&self.qemu_img)
             .args(args)
             .output()
             .with_context(|| format!("cannot run {}", self.qemu_img.display()))?;
         if !out.status.success() {
             bail!(
-                "qemu-img could not write {}: {}",
+                "qemu-img could not {verb} {}: {}",
                 target.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
