@@ -116,14 +116,27 @@ pub enum DerivedCommand {
         /// The image directory (images/<name>).
         #[arg(long, value_name = "DIR")]
         image: PathBuf,
-        /// Remove those no run has used for this many days.
-        #[arg(long, value_name = "DAYS")]
-        unused_for: Option<u64>,
-        /// Then remove the least recently used until the rest take at most
-        /// this much disk (e.g. 20G, 512M).
-        #[arg(long, value_name = "SIZE")]
-        max_size: Option<crate::config::ByteSize>,
+        #[command(flatten)]
+        limits: PruneArgs,
     },
+}
+
+/// What `derived prune` and `store prune` remove.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove those no run (or pull) has used for this many days.
+    #[arg(long, value_name = "DAYS")]
+    unused_for: Option<u64>,
+    /// Then remove the least recently used until the rest take at most
+    /// this much disk (e.g. 20G, 512M).
+    #[arg(long, value_name = "SIZE")]
+    max_size: Option<crate::config::ByteSize>,
+}
+
+impl PruneArgs {
+    fn policy(&self) -> Result<crate::prune::PrunePolicy> {
+        crate::prune::PrunePolicy::from_args(self.unused_for, self.max_size.map(|s| s.bytes()))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,13 +151,8 @@ pub enum StoreCommand {
     Prune {
         #[command(flatten)]
         store: StoreArgs,
-        /// Remove those no pull or run has used for this many days.
-        #[arg(long, value_name = "DAYS")]
-        unused_for: Option<u64>,
-        /// Then remove the least recently used until the rest take at most
-        /// this much disk (e.g. 50G, 512M).
-        #[arg(long, value_name = "SIZE")]
-        max_size: Option<crate::config::ByteSize>,
+        #[command(flatten)]
+        limits: PruneArgs,
     },
 }
 
@@ -535,7 +543,7 @@ fn local_image(args: &RunArgs) -> Result<PathBuf> {
 }
 
 fn derived_cmd(cmd: DerivedCommand) -> Result<String> {
-    use crate::derived::{DerivedStore, PrunePolicy, prune};
+    use crate::derived::{DerivedStore, prune};
     let human = crate::registry::progress::human_bytes;
     let age = |t: std::time::SystemTime| {
         let secs = t.elapsed().map(|d| d.as_secs()).unwrap_or(0);
@@ -575,14 +583,9 @@ fn derived_cmd(cmd: DerivedCommand) -> Result<String> {
             }
             Ok(out)
         }
-        DerivedCommand::Prune {
-            image,
-            unused_for,
-            max_size,
-        } => {
+        DerivedCommand::Prune { image, limits } => {
             let image = crate::image::ImageDir::new(image);
-            let policy = PrunePolicy::from_args(unused_for, max_size.map(|s| s.bytes()))?;
-            let removed = prune(&image.generations()?, &policy)?;
+            let removed = prune(&image.generations()?, &limits.policy()?)?;
             let mut out = String::new();
             for (number, key, bytes) in &removed {
                 out.push_str(&format!(
@@ -628,13 +631,8 @@ fn store_cmd(cmd: StoreCommand) -> Result<String> {
             }
             Ok(out)
         }
-        StoreCommand::Prune {
-            unused_for,
-            max_size,
-            ..
-        } => {
-            let policy =
-                crate::prune::PrunePolicy::from_args(unused_for, max_size.map(|s| s.bytes()))?;
+        StoreCommand::Prune { limits, .. } => {
+            let policy = limits.policy()?;
             let all = store
                 .entries()
                 .into_iter()

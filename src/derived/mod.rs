@@ -307,7 +307,7 @@ pub fn forget_generation(image: &Path, generation: &Generation) {
     crate::phases::expanded::forget_generation(image, generation);
 }
 
-pub use crate::prune::PrunePolicy;
+use crate::prune::PrunePolicy;
 
 /// Applies `policy` to every generation's derived generations; returns
 /// the removed ones (parent number, key, bytes).
