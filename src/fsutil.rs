@@ -92,6 +92,16 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Sets `path`'s mtime to now, creating it empty first when `create`: how
+/// cygvm records a last use for the prunes that read it.
+pub fn mark_used(path: &Path, create: bool) -> io::Result<()> {
+    File::options()
+        .create(create)
+        .append(true)
+        .open(path)?
+        .set_modified(std::time::SystemTime::now())
+}
+
 /// Bytes the files under `dir` take on disk (allocated blocks: the
 /// overlay and RAM files are sparse).
 pub fn allocated_bytes(dir: &Path) -> u64 {

@@ -422,10 +422,7 @@ impl InitrdBuilder {
         let path = cache_dir.join(format!("{hash}.img"));
         if path.is_file() {
             // Used now: keeps it out of the next prune.
-            let _ = fs::File::options()
-                .append(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            let _ = crate::fsutil::mark_used(&path, false);
             return Ok(BuiltInitrd {
                 path,
                 hash,

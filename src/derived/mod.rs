@@ -131,7 +131,7 @@ impl DerivedStore {
     /// Records that a run uses `key` now (for pruning by age).
     pub fn touch(&self, key: &str) {
         let path = self.dir.join(format!("{key}.used"));
-        let _ = fs::File::create(&path).and_then(|f| f.set_modified(SystemTime::now()));
+        let _ = crate::fsutil::mark_used(&path, true);
     }
 
     /// A new build directory for `key`; the caller holds its build lock,

@@ -109,7 +109,7 @@ const DOCKER_HUB: [&str; 4] = [
 ];
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 
-pub fn is_docker_hub(registry: &str) -> bool {
+fn is_docker_hub(registry: &str) -> bool {
     DOCKER_HUB.contains(&registry)
 }
 

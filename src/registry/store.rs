@@ -89,7 +89,7 @@ impl Store {
         let dir = self.dir();
         fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the store {}", dir.display()))?;
-        let path = dir.join(format!("{}.lock", hex_of(digest)));
+        let path = self.lock_path(hex_of(digest));
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -199,13 +199,11 @@ pub fn note_use(image_dir: &Path) {
     if parent.file_name().is_none_or(|n| n != "sha256") {
         return;
     }
-    let lock = parent.join(format!("{}.lock", name.to_string_lossy()));
-    if lock.is_file() {
-        let _ = fs::OpenOptions::new()
-            .append(true)
-            .open(&lock)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-    }
+    // Only an image pulled here has its lock file beside it.
+    let _ = crate::fsutil::mark_used(
+        &parent.join(format!("{}.lock", name.to_string_lossy())),
+        false,
+    );
 }
 
 /// Held while a process pulls one artifact.

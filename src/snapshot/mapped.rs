@@ -281,12 +281,7 @@ fn lock_path(dir: &Path) -> PathBuf {
 /// Records that `dir` was used now (its lock file's mtime), for
 /// [`prune`].
 pub fn touch(dir: &Path) {
-    let _ = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(lock_path(dir))
-        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    let _ = crate::fsutil::mark_used(&lock_path(dir), true);
 }
 
 fn users_path(dir: &Path) -> PathBuf {
