@@ -128,6 +128,12 @@ impl DerivedStore {
         Ok(FileLock::wait(&self.lock_path(key)?, true)?)
     }
 
+    /// The right to build or remove `key`, if no run uses it and nobody
+    /// builds it now.
+    pub fn try_lock_build(&self, key: &str) -> Result<Option<FileLock>> {
+        Ok(FileLock::try_exclusive(&self.lock_path(key)?)?)
+    }
+
     /// Records that a run uses `key` now (for pruning by age).
     pub fn touch(&self, key: &str) {
         let path = self.dir.join(format!("{key}.used"));
@@ -200,7 +206,7 @@ impl DerivedStore {
         let Some(generation) = self.lookup(key) else {
             return Ok(false);
         };
-        let Some(_lock) = FileLock::try_exclusive(&self.lock_path(key)?)? else {
+        let Some(_lock) = self.try_lock_build(key)? else {
             return Ok(false);
         };
         crate::phases::expanded::forget_generation(self.image_root(), &generation);

@@ -84,8 +84,7 @@ pub fn obtain(
             return Ok((g, in_use));
         }
         drop(in_use);
-        let lock_path = store.dir.join(format!("{}.lock", plan.key));
-        let build = match FileLock::try_exclusive(&lock_path)? {
+        let build = match store.try_lock_build(&plan.key)? {
             Some(lock) => lock,
             None => {
                 eprintln!(
