@@ -106,8 +106,10 @@ fn packages_are_installed_once_and_revived_with_the_derived_generation_after() {
         "packages = [\"cygvm-example-tool\"]\n",
     )
     .unwrap();
+    let events = ws.path().join("second.events");
+    let json = format!("--json={}", events.display());
     let started = Instant::now();
-    let second = ws.run(&["--input", input.to_str().unwrap()], &command);
+    let second = ws.run(&["--input", input.to_str().unwrap(), &json], &command);
     let second_secs = started.elapsed().as_secs_f64();
     assert_eq!(
         expect_ok(&second),
@@ -117,6 +119,22 @@ fn packages_are_installed_once_and_revived_with_the_derived_generation_after() {
         !text(&second.stderr).contains("adding"),
         "{}",
         text(&second.stderr)
+    );
+    // Its events end as a plain run's do: the command's status, then the
+    // job's.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tail: Vec<_> = events[events.len() - 2..]
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["exit_status"].as_i64()))
+        .collect();
+    assert_eq!(
+        tail,
+        [("command_exited", Some(0)), ("finished", Some(0))],
+        "{events:?}"
     );
     let list = derived_list(ws);
     assert_eq!(list.matches(TOOL_SET).count(), 1, "{list}");

@@ -33,16 +33,9 @@ const SETUP_TAIL: usize = 20;
 /// Runs `opts.command` on the image's current generation with `request`'s
 /// packages installed; returns the command's exit status.
 pub fn run(opts: &RunOptions, request: &PackageRequest) -> Result<ExitCode> {
-    let image = ImageDir::new(&opts.image);
-    let parent = image.current()?;
-    // Held until the run ends, so a refresh never prunes the generation
-    // (nor, with it, the derived one).
-    let _in_use = parent.lock_shared()?;
-    if let Some(input) = &opts.input
-        && !input.is_dir()
-    {
-        bail!("--input {} is not a directory", input.display());
-    }
+    // The lock is held until the run ends, so a refresh never prunes the
+    // generation (nor, with it, the derived one).
+    let (image, parent, _in_use) = crate::phases::run::current_generation(opts)?;
     if opts.cold {
         bail!(
             "--packages revives a snapshot with the packages added; it cannot be combined with --cold"
@@ -56,15 +49,12 @@ pub fn run(opts: &RunOptions, request: &PackageRequest) -> Result<ExitCode> {
         );
         return crate::phases::run::run(opts);
     };
-    if let Some(output) = &opts.output {
-        std::fs::create_dir_all(output)
-            .with_context(|| format!("cannot create --output {}", output.display()))?;
-    }
+    crate::phases::run::create_output(opts)?;
     let art = HostArtifacts::prepare(GuestOs::from_config(&config))?;
     let (derived, _use) = obtain(&image, &parent, &plan, &art, opts.keep_failed)?;
     DerivedStore::of(&parent).touch(&plan.key);
     let status = run_command_with(&image, &derived, opts, &opts.command, &art)?;
-    Ok(ExitCode::from(status.clamp(0, 255) as u8))
+    Ok(crate::phases::run::command_exited(status))
 }
 
 /// The derived generation of `plan`, made now if there is none, with a

@@ -50,22 +50,42 @@ pub struct Revive {
 }
 
 pub fn run(opts: &RunOptions) -> Result<ExitCode> {
+    let (image, generation, _in_use) = current_generation(opts)?;
+    create_output(opts)?;
+    let status = run_command(&image, &generation, opts, &opts.command)?;
+    Ok(command_exited(status))
+}
+
+/// The image's current generation for a run, with the shared lock that
+/// keeps a refresh from pruning it until the run ends, once the run's
+/// `--input` is known to be a directory.
+pub fn current_generation(
+    opts: &RunOptions,
+) -> Result<(ImageDir, Generation, crate::image::FileLock)> {
     let image = ImageDir::new(&opts.image);
     let generation = image.current()?;
-    // Held until the run ends, so a refresh never prunes this generation.
-    let _in_use = generation.lock_shared()?;
+    let in_use = generation.lock_shared()?;
     if let Some(input) = &opts.input
         && !input.is_dir()
     {
         bail!("--input {} is not a directory", input.display());
     }
+    Ok((image, generation, in_use))
+}
+
+/// Creates the run's `--output` directory if missing.
+pub fn create_output(opts: &RunOptions) -> Result<()> {
     if let Some(output) = &opts.output {
         std::fs::create_dir_all(output)
             .with_context(|| format!("cannot create --output {}", output.display()))?;
     }
-    let status = run_command(&image, &generation, opts, &opts.command)?;
+    Ok(())
+}
+
+/// Reports the guest command's `status` (`--json`) and makes it cygvm's.
+pub fn command_exited(status: i32) -> ExitCode {
     crate::events::command_exited(status);
-    Ok(ExitCode::from(status.clamp(0, 255) as u8))
+    ExitCode::from(status.clamp(0, 255) as u8)
 }
 
 /// Revives a new `generation` once and runs `true` in it: what install and
